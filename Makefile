@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make run` (the main job) and `make test` (the tests).
+# Each creates .venv when missing and installs the pinned dependencies into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NUM_CLIENTS ?= 10
+RUN_CONFIG ?=
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test bench install clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m pgsl_flower --num-clients $(NUM_CLIENTS) $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -v --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

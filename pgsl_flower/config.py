@@ -1,0 +1,150 @@
+"""Run configuration: every run-config key, its default, and its validation.
+
+The defaults here mirror ``[tool.flwr.app.config]`` in ``pyproject.toml``
+(``tests/test_config.py`` checks they agree). Keys use Flower's hyphenated
+spelling; attributes use underscores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+DATASETS = ("mnist", "mias")
+SCHEDULES = ("splitfed", "sequential")
+PARTITIONERS = ("iid", "dirichlet")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated run configuration (one attribute per run-config key)."""
+
+    dataset: str = "mnist"
+    data_dir: str = ""  # empty: PGSL_DATA_DIR, then datasets/, then ../shared/data
+    image_size: int = 0  # 0: the dataset's default (28 for MNIST, 128 for MIAS)
+    num_rounds: int = 3
+    batch_size: int = 64
+    lr: float = 0.001
+    weight_decay: float = 0.0003
+    samples_per_client: int = 2000  # 0: the whole partition
+    partitioner: str = "iid"
+    alpha: float = 0.5
+    schedule: str = "splitfed"
+    holdout_fraction: float = 0.1
+    local_eval_samples: int = 128
+    test_samples: int = 0  # 0: the whole global test set
+    batches_per_round: int = 0  # 0: one pass over each client's training split
+    seed: int = 42
+    device: str = "auto"
+    output_dir: str = "outputs"
+    max_payload_mb: float = 64.0
+    min_available_clients: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("partitioner", self.partitioner, PARTITIONERS)
+        _check_choice("device", self.device, DEVICES)
+        for key, low in (
+            ("num-rounds", 1),
+            ("batch-size", 1),
+            ("samples-per-client", 0),
+            ("local-eval-samples", 0),
+            ("test-samples", 0),
+            ("batches-per-round", 0),
+            ("min-available-clients", 1),
+            ("image-size", 0),
+        ):
+            value = getattr(self, _attr(key))
+            if value < low:
+                raise ConfigError(f"run-config '{key}' must be >= {low}, got {value!r}")
+        if self.image_size and (self.image_size < 8 or self.image_size % 2):
+            raise ConfigError(
+                f"run-config 'image-size' must be 0 or an even number >= 8, got {self.image_size!r}"
+            )
+        for key in ("lr", "alpha", "max-payload-mb"):
+            value = getattr(self, _attr(key))
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"run-config 'weight-decay' must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(
+                f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"
+            )
+
+    @property
+    def resolved_image_size(self) -> int:
+        """Image side length fed to the model (before pixel-unshuffle)."""
+        if self.image_size:
+            return self.image_size
+        return 28 if self.dataset == "mnist" else 128
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest tensor payload accepted in one message."""
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    def as_run_config(self) -> dict[str, Any]:
+        """The hyphenated mapping Flower uses (``context.run_config``)."""
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with attributes changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _attr(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _key(attr: str) -> str:
+    return attr.replace("_", "-")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"run-config '{key}' must be one of {list(choices)}, got {value!r}")
+
+
+def default_run_config() -> dict[str, Any]:
+    """Every key with its default, hyphenated."""
+    return RunConfig().as_run_config()
+
+
+def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """Validate a run-config mapping (hyphenated keys) into a :class:`RunConfig`.
+
+    Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+    naming the key and the value. Missing keys take their defaults.
+    """
+    known = {f.name: f for f in fields(RunConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        attr = _attr(str(key))
+        if attr not in known:
+            raise ConfigError(
+                f"unknown run-config key '{key}'; known keys: {sorted(_key(k) for k in known)}"
+            )
+        kwargs[attr] = _coerce(key, value, type(getattr(RunConfig, attr)))
+    return RunConfig(**kwargs)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool or isinstance(value, bool):
+        raise ConfigError(f"run-config '{key}' must be a {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"run-config '{key}' must be a {kind.__name__}, got {value!r}")
+    return value

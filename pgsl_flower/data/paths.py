@@ -1,0 +1,138 @@
+"""Locating the dataset folders (``mnist/``, ``mias/``) on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import DataError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "KNOWN_DATASETS",
+    "REPO_ROOT",
+    "candidate_roots",
+    "dataset_dir",
+    "expected_files",
+    "resolve_data_root",
+]
+
+#: Environment variable that overrides the data root.
+DATA_DIR_ENV = "PGSL_DATA_DIR"
+
+#: Repository root (the folder holding ``pgsl_flower/`` and ``datasets/``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+KNOWN_DATASETS = ("mnist", "mias")
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def expected_files(name: str) -> tuple[str, ...]:
+    """File names a dataset folder must hold (MNIST also accepts them without ``.gz``).
+
+    For MIAS only ``Info.txt`` is fixed; the ``mdbNNN.png`` (or ``.pgm``) images it
+    lists are checked when loading.
+    """
+    if name == "mnist":
+        return _MNIST_FILES
+    if name == "mias":
+        return ("Info.txt",)
+    raise ValueError(f"name: unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+
+
+def _clean(value: str | Path | None) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip():
+        return None
+    return Path(value).expanduser().resolve()
+
+
+def candidate_roots(explicit: str | Path | None = None) -> list[tuple[str, Path]]:
+    """All data-root candidates in resolution order, as ``(source, path)`` pairs."""
+    out: list[tuple[str, Path]] = []
+    exp = _clean(explicit)
+    if exp is not None:
+        out.append(("explicit argument", exp))
+    env = _clean(os.environ.get(DATA_DIR_ENV))
+    if env is not None:
+        out.append((f"${DATA_DIR_ENV}", env))
+    out.append(("<repo>/datasets", REPO_ROOT / "datasets"))
+    out.append(("<repo>/../shared/data", (REPO_ROOT.parent / "shared" / "data").resolve()))
+    return out
+
+
+def resolve_data_root(explicit: str | Path | None = None) -> Path:
+    """Return the folder that holds ``mnist/`` and/or ``mias/``.
+
+    Order: ``explicit`` if given (an empty string counts as not given); the
+    environment variable ``PGSL_DATA_DIR`` if set and non-empty; ``<repo>/datasets``
+    if it contains a ``mnist`` or ``mias`` folder; ``<repo>/../shared/data``.
+    Explicit and environment values are returned even if they do not exist, so the
+    later error names the path the user asked for. If nothing is found,
+    ``<repo>/datasets`` is returned (the place to put the files).
+    """
+    exp = _clean(explicit)
+    if exp is not None:
+        return exp
+    env = _clean(os.environ.get(DATA_DIR_ENV))
+    if env is not None:
+        return env
+    local = REPO_ROOT / "datasets"
+    if any((local / n).is_dir() for n in KNOWN_DATASETS):
+        return local
+    shared = (REPO_ROOT.parent / "shared" / "data").resolve()
+    if shared.is_dir():
+        return shared
+    return local
+
+
+def _searched_text(explicit: str | Path | None) -> str:
+    """Human-readable list of the data-root candidates, for error messages."""
+    cands: list[tuple[str, str]] = [(src, str(p)) for src, p in candidate_roots(explicit)]
+    if not any(src.startswith("$") for src, _ in cands):
+        cands.insert(1 if _clean(explicit) else 0, (f"${DATA_DIR_ENV}", "(not set)"))
+    lines = [f"  - {src}: {path}" for src, path in cands]
+    return (
+        "Data root resolution order (first match wins; <repo>/datasets only if it "
+        "holds mnist/ or mias/):\n" + "\n".join(lines)
+    )
+
+
+def dataset_dir(name: str, root: str | Path | None = None) -> Path:
+    """Return ``root / name`` after checking the folder and its fixed files exist.
+
+    ``root`` defaults to :func:`resolve_data_root`. Raises :class:`DataError` that
+    lists the expected file names and the searched locations when the folder or
+    any expected file is missing (MNIST files may be gzip-compressed or raw).
+    """
+    files = expected_files(name)
+    base = resolve_data_root(root)
+    folder = base / name
+    if not folder.is_dir():
+        raise DataError(
+            f"Dataset folder {folder} does not exist (data root {base}). "
+            f"Put these files into {folder}/: {', '.join(files)}"
+            + (" (raw, uncompressed copies without .gz are accepted too)" if name == "mnist" else
+               " plus the mdbNNN.png (or .pgm) images it lists")
+            + f". See datasets/README.md.\n{_searched_text(root)}"
+        )
+    missing: list[str] = []
+    for f in files:
+        alt = f[:-3] if f.endswith(".gz") else None
+        if not (folder / f).is_file() and not (alt and (folder / alt).is_file()):
+            missing.append(f)
+    if missing:
+        raise DataError(
+            f"Dataset folder {folder} is missing {len(missing)} file(s): "
+            f"{', '.join(str(folder / m) for m in missing)}. "
+            f"Put {', '.join(missing)} into {folder}/ "
+            f"(expected files: {', '.join(files)}). See datasets/README.md.\n{_searched_text(root)}"
+        )
+    return folder

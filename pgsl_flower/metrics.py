@@ -1,0 +1,51 @@
+"""Per-run outputs: ``metrics.csv`` (one row per round), ``config.json``, ``summary.json``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = (
+    "round",
+    "clients",
+    "failed_clients",
+    "test_accuracy",
+    "test_loss",
+    "train_accuracy",
+    "train_loss",
+    "local_accuracy_mean",
+    "samples",
+    "exchanges",
+    "round_seconds",
+    "wall_seconds",
+    "bytes_up_per_client",
+    "bytes_down_per_client",
+)
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename), so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Appends one row per round to ``metrics.csv``, flushed at once."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.csv"
+        with self.path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        missing = [c for c in METRIC_COLUMNS if c not in row]
+        if missing:
+            raise KeyError(f"metrics row lacks columns {missing}")
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([row[c] for c in METRIC_COLUMNS])

@@ -1,0 +1,187 @@
+"""Wire format of the split-learning protocol and validation of every payload.
+
+Message types (Flower requires ``train|evaluate|query[.<name>]``):
+
+- ``query.info``   server -> client: nothing; reply: sizes of the client's splits.
+- ``train.step``   server -> client: optional ``client-weights`` (round start or
+  relay), optional ``grad`` (dL/dh of the client's previous batch), and the
+  ``instructions`` (forward the next batch? send weights back?); reply:
+  optional ``batch`` (smashed data ``h`` + labels) and optional ``client-weights``.
+- ``evaluate``     server -> client: ``client-weights``; reply: ``batch`` with the
+  smashed data of the client's held-out split.
+
+Raw images never appear in any payload. Each side decodes with
+:func:`array_to_tensor`, which checks dtype, shape, size and finiteness *before*
+anything is used, and names the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+TRAIN_STEP = "train.step"
+EVALUATE = "evaluate"
+QUERY_INFO = "query.info"
+
+BATCH = "batch"
+GRAD = "grad"
+CLIENT_WEIGHTS = "client-weights"
+INSTRUCTIONS = "instructions"
+INFO = "info"
+
+_NUMPY_STYPE = "numpy.ndarray"
+
+
+class PayloadError(ValueError):
+    """A message payload is malformed: wrong dtype/shape, non-finite, or too large."""
+
+
+def tensor_to_array(tensor: torch.Tensor) -> Array:
+    """Serialise a tensor (detached, moved to CPU) as a Flower ``Array``."""
+    return Array(tensor.detach().cpu().contiguous().numpy())
+
+
+def array_to_tensor(
+    array: Array,
+    *,
+    field: str,
+    dtype: torch.dtype,
+    shape: Sequence[int | None],
+    max_bytes: int,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Decode and validate one array from a peer.
+
+    ``shape`` entries of ``None`` accept any length in that dimension. The
+    declared dtype, shape and byte size are checked before the bytes are parsed;
+    the parsed array is checked against them again, then for NaN/inf.
+    """
+    expected_dtype = str(torch.empty((), dtype=dtype).numpy().dtype)
+    if not isinstance(array, Array):
+        raise PayloadError(f"field '{field}': expected an Array, got {type(array).__name__}")
+    if array.stype != _NUMPY_STYPE:
+        raise PayloadError(f"field '{field}': unsupported serialisation {array.stype!r}")
+    if array.dtype != expected_dtype:
+        raise PayloadError(f"field '{field}': dtype {array.dtype}, expected {expected_dtype}")
+    declared = tuple(int(d) for d in array.shape)
+    if len(declared) != len(shape) or any(
+        want is not None and got != want for got, want in zip(declared, shape, strict=False)
+    ):
+        raise PayloadError(f"field '{field}': shape {declared}, expected {_shape_str(shape)}")
+    if len(array.data) > max_bytes:
+        raise PayloadError(
+            f"field '{field}': {len(array.data)} bytes exceeds the cap of {max_bytes} bytes "
+            "(run-config 'max-payload-mb')"
+        )
+    try:
+        ndarray = array.numpy()
+    except Exception as err:  # np.load raises several types on bad bytes
+        raise PayloadError(f"field '{field}': undecodable array bytes ({err})") from err
+    if ndarray.dtype != np.dtype(expected_dtype) or tuple(ndarray.shape) != declared:
+        raise PayloadError(
+            f"field '{field}': bytes hold {ndarray.dtype}{tuple(ndarray.shape)}, "
+            f"header declared {array.dtype}{declared}"
+        )
+    tensor = torch.from_numpy(ndarray if ndarray.flags.c_contiguous else ndarray.copy())
+    if finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise PayloadError(f"field '{field}': contains NaN or inf")
+    return tensor
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")"
+
+
+def require_record(content: RecordDict, name: str, kind: type) -> ArrayRecord | ConfigRecord:
+    """Fetch a named record of the given kind, or raise naming what is missing."""
+    if name not in content:
+        raise PayloadError(f"record '{name}' missing from message")
+    record = content[name]
+    if not isinstance(record, kind):
+        raise PayloadError(f"record '{name}': expected {kind.__name__}")
+    return record
+
+
+def require_array(record: ArrayRecord, key: str, record_name: str) -> Array:
+    if key not in record:
+        raise PayloadError(f"field '{record_name}.{key}' missing from message")
+    return record[key]
+
+
+def encode_batch(smashed: torch.Tensor, labels: torch.Tensor) -> ArrayRecord:
+    """Smashed data ``h`` and its labels: all that leaves a client per batch."""
+    return ArrayRecord({"h": tensor_to_array(smashed), "labels": tensor_to_array(labels)})
+
+
+def decode_batch(
+    content: RecordDict,
+    *,
+    smashed_shape: Sequence[int],
+    max_batch: int,
+    num_classes: int,
+    max_bytes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a client's batch: float32 ``h`` of (B, *smashed_shape), int64 labels."""
+    record = require_record(content, BATCH, ArrayRecord)
+    smashed = array_to_tensor(
+        require_array(record, "h", BATCH),
+        field=f"{BATCH}.h",
+        dtype=torch.float32,
+        shape=(None, *smashed_shape),
+        max_bytes=max_bytes,
+    )
+    labels = array_to_tensor(
+        require_array(record, "labels", BATCH),
+        field=f"{BATCH}.labels",
+        dtype=torch.int64,
+        shape=(smashed.shape[0],),
+        max_bytes=max_bytes,
+    )
+    if not 1 <= smashed.shape[0] <= max_batch:
+        raise PayloadError(f"field '{BATCH}.h': batch of {smashed.shape[0]}, expected 1..{max_batch}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PayloadError(f"field '{BATCH}.labels': values outside 0..{num_classes - 1}")
+    return smashed, labels
+
+
+def encode_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """A module's state dict as an ``ArrayRecord`` (keys kept in order)."""
+    return ArrayRecord({key: tensor_to_array(value) for key, value in state.items()})
+
+
+def decode_state(
+    record: ArrayRecord,
+    reference: Mapping[str, torch.Tensor],
+    *,
+    field: str,
+    max_bytes: int,
+) -> dict[str, torch.Tensor]:
+    """Validate a state dict against a reference: same keys, dtypes, shapes; finite."""
+    missing = [k for k in reference if k not in record]
+    extra = [k for k in record if k not in reference]
+    if missing or extra:
+        raise PayloadError(f"record '{field}': missing keys {missing}, unexpected keys {extra}")
+    total = sum(len(record[k].data) for k in reference)
+    if total > max_bytes:
+        raise PayloadError(f"record '{field}': {total} bytes exceeds the cap of {max_bytes} bytes")
+    return {
+        key: array_to_tensor(
+            record[key],
+            field=f"{field}.{key}",
+            dtype=ref.dtype,
+            shape=tuple(ref.shape),
+            max_bytes=max_bytes,
+        )
+        for key, ref in reference.items()
+    }
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of tensor payload in a message (what split learning pays for)."""
+    return sum(
+        record.count_bytes() for record in content.values() if isinstance(record, ArrayRecord)
+    )

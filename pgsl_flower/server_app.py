@@ -1,0 +1,140 @@
+"""ServerApp: runs the split-learning rounds and writes the run's outputs.
+
+Per round: train (the configured schedule), evaluate the global test set
+through the global client part + server part (evaluation harness, on the
+server), evaluate every client's held-out split through the protocol, log one
+line, append a row to ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from pgsl_flower.config import RunConfig, parse_run_config
+from pgsl_flower.evaluation import evaluate_split
+from pgsl_flower.local_data import load_datasets
+from pgsl_flower.metrics import MetricsWriter, write_json
+from pgsl_flower.model import ClientNet, resolve_device
+from pgsl_flower.strategy import ServerModel, SplitTrainer
+
+NODE_WAIT_SECONDS = 600.0
+
+
+def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
+    """``<output-dir>/<timestamp>-<run id>``, absolute."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return (Path(cfg.output_dir) / f"{stamp}-{run_id}").resolve()
+
+
+def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{len(nodes)} node(s) connected after {NODE_WAIT_SECONDS:.0f} s, "
+                f"run-config 'min-available-clients' is {minimum}"
+            )
+        time.sleep(1.0)
+
+
+def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
+    """Run all rounds; returns the summary also written to ``summary.json``."""
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = load_datasets(cfg)
+    if cfg.test_samples:
+        test_images, test_labels = test_set.images[: cfg.test_samples], test_set.labels[: cfg.test_samples]
+    else:
+        test_images, test_labels = test_set.images, test_set.labels
+    num_classes = len(train_set.classes)
+    channels, size = train_set.images.shape[1], train_set.images.shape[-1]
+
+    client_template = ClientNet(channels)
+    server = ServerModel(cfg, num_classes, device)
+    smashed_shape = (64, size // 2, size // 2)
+    nodes = _wait_for_nodes(grid, cfg.min_available_clients)
+    trainer = SplitTrainer(
+        grid, cfg, server, smashed_shape, num_classes, client_template.state_dict()
+    )
+    trainer.query_info(nodes)
+    nodes = sorted(trainer.train_sizes)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {**cfg.as_run_config(), "num-clients": len(nodes)})
+    writer = MetricsWriter(run_dir)
+    log(INFO, "pgsl-flower: %s, %s, %d clients, %d rounds -> %s", cfg.dataset, cfg.schedule, len(nodes), cfg.num_rounds, run_dir)
+
+    row: dict = {}
+    for round_num in range(1, cfg.num_rounds + 1):
+        round_start = time.perf_counter()
+        stats = trainer.train_round(nodes, round_num)
+        client_template.load_state_dict(trainer.client_weights)
+        client_template.to(device)
+        test_loss, test_acc = evaluate_split(
+            client_template, server.model, test_images, test_labels, device=device
+        )
+        client_template.cpu()
+        local = trainer.evaluate_clients([n for n in nodes if n not in stats.failed], round_num)
+        active = len(nodes) - len(stats.failed)
+        row = {
+            "round": round_num,
+            "clients": active,
+            "failed_clients": len(stats.failed),
+            "test_accuracy": round(test_acc, 6),
+            "test_loss": round(test_loss, 6),
+            "train_accuracy": round(stats.train_accuracy, 6),
+            "train_loss": round(stats.train_loss, 6),
+            "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
+            "samples": stats.samples,
+            "exchanges": stats.exchanges,
+            "round_seconds": round(time.perf_counter() - round_start, 3),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "bytes_up_per_client": stats.bytes_up // max(len(nodes), 1),
+            "bytes_down_per_client": stats.bytes_down // max(len(nodes), 1),
+        }
+        writer.append(row)
+        log(
+            INFO,
+            "round %d/%d: test acc %.4f loss %.4f | train acc %.4f | local acc %s | "
+            "%d samples, %.1f s, up %.1f MB/client, down %.1f MB/client, failed %d",
+            round_num, cfg.num_rounds, test_acc, test_loss, stats.train_accuracy,
+            row["local_accuracy_mean"], stats.samples, row["round_seconds"],
+            row["bytes_up_per_client"] / 1e6, row["bytes_down_per_client"] / 1e6, len(stats.failed),
+        )
+    summary = {
+        "run_dir": str(run_dir),
+        "rounds": cfg.num_rounds,
+        "clients": len(nodes),
+        "final_test_accuracy": row.get("test_accuracy"),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "train_samples": sum(trainer.train_sizes.values()),
+    }
+    write_json(run_dir / "summary.json", summary)
+    log(INFO, "pgsl-flower: done, final test accuracy %.4f, outputs in %s", summary["final_test_accuracy"], run_dir)
+    return summary
+
+
+def build_server_app(override: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:
+    """The ServerApp; ``override``/``run_dir`` replace the run config and output folder."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = override if override is not None else parse_run_config(context.run_config)
+        run_federation(grid, cfg, run_dir or new_run_dir(cfg, context.run_id))
+
+    return server_app
+
+
+app = build_server_app()

@@ -1,0 +1,74 @@
+"""Programmatic runs: :func:`simulate` runs the Flower app in Ray-backed simulation.
+
+``flwr.simulation.run_simulation`` passes no run-config to the apps, so the
+validated :class:`RunConfig` is closed over by the ServerApp and ClientApp
+built here. Everything that can be checked is checked before Ray starts: the
+config values, the client count, and the data files (loaded once, which also
+warms the ServerApp's cache in this process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
+from pgsl_flower.local_data import local_data
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+def preflight(cfg: RunConfig, num_clients: int) -> None:
+    """Fail before Ray starts: client count, data files, every client's partition."""
+    if num_clients < 1:
+        raise ConfigError(f"num-clients must be >= 1, got {num_clients}")
+    if num_clients < cfg.min_available_clients:
+        raise ConfigError(
+            f"num-clients ({num_clients}) is below run-config 'min-available-clients' "
+            f"({cfg.min_available_clients})"
+        )
+    for partition_id in range(num_clients):
+        local_data(cfg, partition_id, num_clients)
+
+
+def simulate(
+    config: RunConfig | Mapping[str, Any] | None = None,
+    num_clients: int = 10,
+    *,
+    run_dir: str | Path | None = None,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run one federated split-learning simulation; returns ``summary.json``'s content.
+
+    ``config`` is a :class:`RunConfig` or a mapping of run-config keys (missing
+    keys take their defaults).
+    """
+    from flwr.simulation import run_simulation
+
+    from pgsl_flower.client_app import build_client_app
+    from pgsl_flower.server_app import build_server_app, new_run_dir
+
+    cfg = config if isinstance(config, RunConfig) else parse_run_config(config or {})
+    preflight(cfg, num_clients)
+    target = Path(run_dir).resolve() if run_dir else new_run_dir(cfg, f"sim-n{num_clients}-s{cfg.seed}")
+    run_simulation(
+        server_app=build_server_app(cfg, target),
+        client_app=build_client_app(cfg),
+        num_supernodes=num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+            "init_args": {"include_dashboard": False},
+        },
+        verbose_logging=verbose,
+    )
+    summary_path = target / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())

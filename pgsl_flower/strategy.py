@@ -1,0 +1,296 @@
+"""Server side of split learning: the server model's step and the two schedules.
+
+- **SplitFed** (Thapa et al. 2022, the SFLV2 variant): all selected clients
+  work in parallel on one shared server model. Each exchange carries, to every
+  active client, dL/dh of its previous batch and the request for its next one;
+  the server processes the returned batches one after the other (one optimizer
+  step per client batch, as centralized training would at the same batch size).
+  At the round's end the client parts are averaged (FedAvg, weighted by the
+  clients' training-set sizes) and sent out at the next round's start.
+- **Sequential split learning** (Gupta & Raskar 2018): clients take turns in a
+  seeded order; the client part's weights are relayed from one client to the
+  next through the server.
+
+A client that fails (an error reply, no reply, or an invalid payload) is
+dropped for the rest of the round and logged; the round goes on while at
+least ``min-available-clients`` remain.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from torch.nn import functional as F
+
+from pgsl_flower import protocol
+from pgsl_flower.config import RunConfig
+from pgsl_flower.model import ServerNet, make_optimizer
+
+
+@dataclass
+class RoundStats:
+    """What one training round cost and achieved (summed over clients)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    samples: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    exchanges: int = 0
+    failed: list[int] = field(default_factory=list)
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+    @property
+    def train_accuracy(self) -> float:
+        return self.correct / max(self.samples, 1)
+
+
+class ServerModel:
+    """The server tower, its optimizer, and the split training step."""
+
+    def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device) -> None:
+        self.device = device
+        self.model = ServerNet(num_classes).to(device)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        """One optimizer step on a client batch; returns (dL/dh, loss sum, correct)."""
+        self.model.train()
+        h = smashed.to(self.device).requires_grad_(True)
+        y = labels.to(self.device)
+        logits = self.model(h)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        correct = int((logits.argmax(1) == y).sum())
+        return h.grad.detach().cpu(), loss.item() * len(y), correct
+
+    @torch.no_grad()
+    def evaluate(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        """(loss sum, correct) on smashed data, in eval mode."""
+        self.model.eval()
+        logits = self.model(smashed.to(self.device))
+        y = labels.to(self.device)
+        return float(F.cross_entropy(logits, y, reduction="sum")), int((logits.argmax(1) == y).sum())
+
+
+def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Weighted average of state dicts; integer buffers (BN batch counters) take the max."""
+    if not states:
+        raise ValueError("fedavg needs at least one state")
+    total = float(sum(weights))
+    out: dict[str, torch.Tensor] = {}
+    for key, ref in states[0].items():
+        if ref.is_floating_point():
+            out[key] = sum(s[key].double() * (w / total) for s, w in zip(states, weights)).to(ref.dtype)
+        else:
+            out[key] = torch.stack([s[key] for s in states]).max(0).values
+    return out
+
+
+class SplitTrainer:
+    """Drives the protocol over a Flower ``Grid`` for one run."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        server: ServerModel,
+        smashed_shape: tuple[int, ...],
+        num_classes: int,
+        client_weights: dict[str, torch.Tensor],
+    ) -> None:
+        self.grid = grid
+        self.cfg = cfg
+        self.server = server
+        self.smashed_shape = smashed_shape
+        self.num_classes = num_classes
+        self.client_weights = client_weights  # the global (aggregated or relayed) client part
+        self.train_sizes: dict[int, int] = {}
+
+    # -- messaging -------------------------------------------------------------------------
+    def _exchange(
+        self, contents: Mapping[int, RecordDict], message_type: str, group: str, stats: RoundStats
+    ) -> dict[int, Message]:
+        """Send one message per node, wait for all replies; failed nodes are dropped."""
+        messages = [
+            Message(content, dst_node_id=node, message_type=message_type, group_id=group)
+            for node, content in contents.items()
+        ]
+        stats.bytes_down += sum(protocol.content_nbytes(c) for c in contents.values())
+        stats.exchanges += 1
+        replies: dict[int, Message] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=None):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self._fail(node, f"client error: {reply.error.reason}", stats)
+                continue
+            stats.bytes_up += protocol.content_nbytes(reply.content)
+            replies[node] = reply
+        for node in contents:
+            if node not in replies and node not in stats.failed:
+                self._fail(node, "no reply", stats)
+        return replies
+
+    def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
+        log(WARNING, "node %s dropped for this round: %s", node, reason)
+        stats.failed.append(node)
+
+    def _check_quorum(self, alive: Iterable[int]) -> None:
+        count = len(list(alive))
+        if count < self.cfg.min_available_clients:
+            raise RuntimeError(
+                f"only {count} client(s) left in the round, fewer than run-config "
+                f"'min-available-clients' = {self.cfg.min_available_clients}"
+            )
+
+    def query_info(self, nodes: Sequence[int]) -> None:
+        """Ask each client the size of its training split (sets steps per round)."""
+        stats = RoundStats()
+        contents = {node: RecordDict() for node in nodes}
+        for node, reply in self._exchange(contents, protocol.QUERY_INFO, "info", stats).items():
+            info = reply.content[protocol.INFO]
+            self.train_sizes[node] = int(info["num-train"])
+            if int(info["num-classes"]) != self.num_classes:
+                raise RuntimeError(f"node {node} reports {info['num-classes']} classes, server has {self.num_classes}")
+        self._check_quorum(self.train_sizes)
+
+    def steps_for(self, node: int) -> int:
+        steps = -(-self.train_sizes[node] // self.cfg.batch_size)
+        return min(steps, self.cfg.batches_per_round) if self.cfg.batches_per_round else steps
+
+    # -- training --------------------------------------------------------------------------
+    def _server_steps(
+        self, replies: Mapping[int, Message], stats: RoundStats
+    ) -> dict[int, torch.Tensor]:
+        """Validate each client's batch and run the server step on it; returns dL/dh per node."""
+        grads: dict[int, torch.Tensor] = {}
+        for node in sorted(replies):
+            try:
+                smashed, labels = protocol.decode_batch(
+                    replies[node].content,
+                    smashed_shape=self.smashed_shape,
+                    max_batch=self.cfg.batch_size,
+                    num_classes=self.num_classes,
+                    max_bytes=self.cfg.max_payload_bytes,
+                )
+            except protocol.PayloadError as err:
+                self._fail(node, f"rejected payload: {err}", stats)
+                continue
+            grads[node], loss_sum, correct = self.server.step(smashed, labels)
+            stats.loss_sum += loss_sum
+            stats.correct += correct
+            stats.samples += len(labels)
+        return grads
+
+    def _train_group(self, nodes: Sequence[int], round_num: int, stats: RoundStats) -> dict[int, Message]:
+        """Train ``nodes`` in lock-step from the current global client weights.
+
+        Returns each surviving node's final reply (holding its client weights).
+        """
+        group = f"round-{round_num}"
+        steps = {node: self.steps_for(node) for node in nodes}
+        weights = protocol.encode_state(self.client_weights)
+        grads: dict[int, torch.Tensor] = {}
+        done: dict[int, Message] = {}
+        alive = list(nodes)
+        step = 0
+        while alive:
+            contents: dict[int, RecordDict] = {}
+            for node in alive:
+                forward = step < steps[node]
+                content = RecordDict(
+                    {
+                        protocol.INSTRUCTIONS: ConfigRecord(
+                            {"forward": forward, "send-weights": not forward}
+                        )
+                    }
+                )
+                if step == 0:
+                    content[protocol.CLIENT_WEIGHTS] = weights
+                if node in grads:
+                    content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grads[node])})
+                contents[node] = content
+            replies = self._exchange(contents, protocol.TRAIN_STEP, group, stats)
+            finishing = {n: r for n, r in replies.items() if step >= steps[n]}
+            done.update(finishing)
+            grads = self._server_steps(
+                {n: r for n, r in replies.items() if n not in finishing}, stats
+            )
+            alive = [n for n in alive if n in grads]
+            self._check_quorum(list(alive) + list(done))
+            step += 1
+        return done
+
+    def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:
+        collected = []
+        for node in sorted(finals):
+            try:
+                state = protocol.decode_state(
+                    protocol.require_record(finals[node].content, protocol.CLIENT_WEIGHTS, ArrayRecord),
+                    self.client_weights,
+                    field=protocol.CLIENT_WEIGHTS,
+                    max_bytes=self.cfg.max_payload_bytes,
+                )
+            except protocol.PayloadError as err:
+                self._fail(node, f"rejected weights: {err}", stats)
+                continue
+            collected.append((state, self.train_sizes[node]))
+        self._check_quorum(range(len(collected)))
+        return collected
+
+    def train_round(self, nodes: Sequence[int], round_num: int) -> RoundStats:
+        """One round of the configured schedule over ``nodes``."""
+        stats = RoundStats()
+        if self.cfg.schedule == "splitfed":
+            finals = self._train_group(nodes, round_num, stats)
+            collected = self._collect_weights(finals, stats)
+            self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
+        else:
+            order = list(nodes)
+            random.Random(self.cfg.seed * 7919 + round_num).shuffle(order)
+            for node in order:
+                finals = self._train_group([node], round_num, stats)
+                if finals:  # a failed client passes the weights on unchanged
+                    collected = self._collect_weights(finals, stats)
+                    self.client_weights = collected[0][0]
+            self._check_quorum(n for n in order if n not in stats.failed)
+        return stats
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate_clients(self, nodes: Sequence[int], round_num: int) -> dict[int, float]:
+        """Accuracy on each client's held-out split (its smashed data, global weights)."""
+        if not self.cfg.local_eval_samples:
+            return {}
+        stats = RoundStats()
+        weights = protocol.encode_state(self.client_weights)
+        contents = {node: RecordDict({protocol.CLIENT_WEIGHTS: weights}) for node in nodes}
+        accuracy: dict[int, float] = {}
+        for node, reply in self._exchange(contents, protocol.EVALUATE, f"eval-{round_num}", stats).items():
+            if protocol.BATCH not in reply.content:
+                continue  # the client has no held-out samples
+            try:
+                smashed, labels = protocol.decode_batch(
+                    reply.content,
+                    smashed_shape=self.smashed_shape,
+                    max_batch=max(self.cfg.local_eval_samples, 1),
+                    num_classes=self.num_classes,
+                    max_bytes=self.cfg.max_payload_bytes,
+                )
+            except protocol.PayloadError as err:
+                log(WARNING, "node %s evaluation payload rejected: %s", node, err)
+                continue
+            _, correct = self.server.evaluate(smashed, labels)
+            accuracy[node] = correct / len(labels)
+        return accuracy

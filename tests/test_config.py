@@ -1,0 +1,42 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pgsl_flower.config import ConfigError, RunConfig, default_run_config, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_defaults_match_runconfig():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == default_run_config()
+
+
+def test_parse_accepts_defaults_and_overrides():
+    cfg = parse_run_config({"num-rounds": 5, "lr": 1, "schedule": "sequential"})
+    assert cfg.num_rounds == 5 and cfg.lr == 1.0 and cfg.schedule == "sequential"
+    assert parse_run_config(default_run_config()) == RunConfig()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("batch-size", 0, "'batch-size' must be >= 1"),
+        ("num-rounds", 0, "'num-rounds'"),
+        ("dataset", "cifar", "'dataset' must be one of"),
+        ("schedule", "async", "'schedule' must be one of"),
+        ("partitioner", "zipf", "'partitioner'"),
+        ("lr", float("nan"), "'lr'"),
+        ("lr", -1.0, "'lr'"),
+        ("alpha", 0, "'alpha'"),
+        ("holdout-fraction", 1.0, "'holdout-fraction'"),
+        ("image-size", 7, "'image-size'"),
+        ("batch-size", "64", "'batch-size' must be a int"),
+        ("batch-size", True, "'batch-size'"),
+        ("no-such-key", 1, "unknown run-config key 'no-such-key'"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        parse_run_config({key: value})

@@ -1,0 +1,113 @@
+"""The split network computes exactly what the unsplit network computes."""
+
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from pgsl_flower import protocol
+from pgsl_flower.client_app import SplitClient
+from pgsl_flower.config import RunConfig
+from pgsl_flower.local_data import batch_indices
+from pgsl_flower.model import ClientNet, ServerNet, SplitNet, input_channels, make_optimizer, prepare_input
+from pgsl_flower.strategy import fedavg
+
+
+def test_prepare_input_shapes_and_reversibility():
+    x = torch.rand(3, 1, 28, 28)
+    inp = prepare_input(x)
+    assert inp.shape == (3, input_channels(1), 14, 14)
+    assert torch.equal(torch.nn.functional.pixel_shuffle(inp[:, :4], 2), x)
+    assert torch.count_nonzero(inp[:, 4]) == 0
+
+
+def test_split_gradients_equal_unsplit():
+    torch.manual_seed(1)
+    net = SplitNet(1, 10).double()
+    net.eval()  # dropout off so both passes see the same function; BN uses running stats
+    x = prepare_input(torch.rand(8, 1, 28, 28, dtype=torch.float64))
+    y = torch.randint(0, 10, (8,))
+
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    full = torch.autograd.grad(loss, list(net.parameters()))
+
+    h = net.client(x)
+    h_sent = h.detach().requires_grad_(True)  # what crosses the network
+    server_loss = torch.nn.functional.cross_entropy(net.server(h_sent), y)
+    server_grads = torch.autograd.grad(server_loss, [h_sent, *net.server.parameters()])
+    client_grads = torch.autograd.grad(h, list(net.client.parameters()), grad_outputs=server_grads[0])
+    split = [*client_grads, *server_grads[1:]]
+    for a, b in zip(full, split, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_split_gradients_equal_unsplit_in_train_mode():
+    torch.manual_seed(2)
+    net = SplitNet(1, 10).double()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    net.train()
+    x = prepare_input(torch.rand(16, 1, 28, 28, dtype=torch.float64))
+    y = torch.randint(0, 10, (16,))
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    full = torch.autograd.grad(loss, list(net.parameters()))
+    h = net.client(x)
+    h_sent = h.detach().requires_grad_(True)
+    server_loss = torch.nn.functional.cross_entropy(net.server(h_sent), y)
+    grad_h, *server_grads = torch.autograd.grad(server_loss, [h_sent, *net.server.parameters()])
+    client_grads = torch.autograd.grad(h, list(net.client.parameters()), grad_outputs=grad_h)
+    for a, b in zip(full, [*client_grads, *server_grads], strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_client_protocol_step_equals_direct_training(tmp_path):
+    """forward_next + apply_gradient (recompute, frozen BN stats) == one autograd step."""
+    cfg = RunConfig(samples_per_client=200, batch_size=16, seed=3)
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
+                      state=RecordDict(), run_config=cfg.as_run_config())
+    client = SplitClient(cfg, context)
+    reference = ClientNet(1)
+    reference.load_state_dict(client.model.state_dict())
+    ref_opt = make_optimizer(reference, cfg.lr, cfg.weight_decay)
+    server = ServerNet(10)
+    server.eval()
+
+    for _ in range(3):
+        counter = client.counter
+        batch = client.forward_next()
+        client.save()
+        client = SplitClient(cfg, context)  # state survives only through context.state
+        h = protocol.array_to_tensor(batch["h"], field="h", dtype=torch.float32,
+                                     shape=(None, 64, 14, 14), max_bytes=1 << 30)
+        labels = torch.from_numpy(batch["labels"].numpy())
+        h.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(server(h), labels)
+        (grad_h,) = torch.autograd.grad(loss, [h])
+        from flwr.app import ArrayRecord
+        client.apply_gradient(ArrayRecord({"h": protocol.tensor_to_array(grad_h)}))
+        client.save()
+
+        images, ref_labels = client.data.batch(batch_indices(len(client.data.train_labels), 16, counter, client._order_seed))
+        assert torch.equal(ref_labels, labels)
+        reference.train()
+        ref_loss = torch.nn.functional.cross_entropy(server(reference(prepare_input(images))), labels)
+        ref_opt.zero_grad()
+        ref_loss.backward()
+        ref_opt.step()
+        client = SplitClient(cfg, context)
+
+    for (name, a), b in zip(client.model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_fedavg_weighted_mean():
+    a = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([4.0, 2.0]), "n": torch.tensor(5)}
+    out = fedavg([a, b], [1, 3])
+    assert torch.allclose(out["w"], torch.tensor([3.0, 2.0]))
+    assert int(out["n"]) == 5
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(50, 16, c, seed=1) for c in range(4)])
+    assert sorted(seen.tolist()) == list(range(50))
+    assert not torch.equal(batch_indices(50, 16, 0, seed=1), batch_indices(50, 16, 4, seed=1))

@@ -1,0 +1,118 @@
+"""Real Flower simulations (Ray backend) on real MNIST subsets."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgsl_flower.config import ConfigError
+from pgsl_flower.data import resolve_data_root
+from pgsl_flower.metrics import METRIC_COLUMNS
+from pgsl_flower.simulation import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "num-rounds": 3,
+    "samples-per-client": 600,
+    "batch-size": 32,
+    "test-samples": 1000,
+    "local-eval-samples": 32,
+}
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["splitfed", "sequential"])
+def test_simulation_learns_well_above_chance(tmp_path, schedule):
+    summary = simulate({**SMALL, "schedule": schedule, "seed": 1}, num_clients=3, run_dir=tmp_path)
+    rows = _rows(tmp_path)
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == set(METRIC_COLUMNS)
+    final = float(rows[-1]["test_accuracy"])
+    assert summary["final_test_accuracy"] == pytest.approx(final)
+    assert final > 0.8, f"{schedule}: final test accuracy {final}"  # chance is 0.1
+    assert float(rows[-1]["local_accuracy_mean"]) > 0.6
+    assert all(int(r["clients"]) == 3 and int(r["failed_clients"]) == 0 for r in rows)
+    # Per client per round: ~540 train samples * 64*14*14 float32 up, the same down.
+    assert int(rows[0]["bytes_up_per_client"]) > 540 * 64 * 14 * 14 * 4
+    assert (tmp_path / "config.json").exists()
+
+
+def test_bad_config_fails_before_ray_starts(tmp_path):
+    import ray
+
+    with pytest.raises(ConfigError, match="'batch-size'"):
+        simulate({"batch-size": 0}, num_clients=2, run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="num-clients must be >= 1"):
+        simulate({}, num_clients=0, run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="'schedule'"):
+        simulate({"schedule": "ring"}, num_clients=2, run_dir=tmp_path)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_cli_reports_bad_value_and_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgsl_flower", "--num-clients", "2", "-c", "dataset='cifar'"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "'dataset' must be one of" in proc.stderr
+
+
+def _superlink_pids(flwr_home: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{flwr_home}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_flwr_run_local_simulation(tmp_path):
+    """`flwr run . --stream` on a local SuperLink; the SuperLink is stopped by PID."""
+    flwr_home = tmp_path / "flwr-home"
+    out_dir = tmp_path / "outputs"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "PGSL_DATA_DIR": str(resolve_data_root()),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39191",
+        "FLWR_LOCAL_CONTROL_API_PORT": "39193",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    flwr = Path(sys.executable).with_name("flwr")
+    cmd = [
+        str(flwr), "run", ".", "--stream",
+        "--federation-config", "num-supernodes=2",
+        "--run-config", f"num-rounds=1 samples-per-client=300 test-samples=500 output-dir='{out_dir}'",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        assert re.search(r"round 1/1: test acc", log), log[-4000:]
+        runs = list(out_dir.glob("*/metrics.csv"))
+        assert len(runs) == 1, log[-2000:]
+        assert len(_rows(runs[0].parent)) == 1
+    finally:
+        for pid in _superlink_pids(flwr_home):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30
+        while _superlink_pids(flwr_home) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in _superlink_pids(flwr_home):
+            os.killpg(pid, signal.SIGKILL)
+    assert not _superlink_pids(flwr_home)
