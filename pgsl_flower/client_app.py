@@ -184,6 +184,7 @@ def build_client_app(override: RunConfig | None = None) -> ClientApp:
                 "num-train": int(client.data.train_labels.shape[0]),
                 "num-holdout": int(client.data.holdout_labels.shape[0]),
                 "num-classes": client.data.num_classes,
+                "partition-id": client.partition_id,
             }
         )
         return RecordDict({protocol.INFO: record})

@@ -42,11 +42,13 @@ class RunConfig:
     local_eval_samples: int = 128
     test_samples: int = 0  # 0: the whole global test set
     batches_per_round: int = 0  # 0: one pass over each client's training split
+    client_sync_every: int = 0  # SplitFed: also average client parts every k steps (0: round end only)
     seed: int = 42
     device: str = "auto"
     output_dir: str = "outputs"
     max_payload_mb: float = 64.0
     min_available_clients: int = 1
+    reply_timeout: float = 600.0  # seconds to wait for one client reply before dropping it
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -60,6 +62,7 @@ class RunConfig:
             ("local-eval-samples", 0),
             ("test-samples", 0),
             ("batches-per-round", 0),
+            ("client-sync-every", 0),
             ("min-available-clients", 1),
             ("image-size", 0),
         ):
@@ -70,7 +73,7 @@ class RunConfig:
             raise ConfigError(
                 f"run-config 'image-size' must be 0 or an even number >= 8, got {self.image_size!r}"
             )
-        for key in ("lr", "alpha", "max-payload-mb"):
+        for key in ("lr", "alpha", "max-payload-mb", "reply-timeout"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")

@@ -74,11 +74,20 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
 def batch_indices(num_samples: int, batch_size: int, counter: int, seed: int) -> torch.Tensor:
     """Indices of the ``counter``-th batch of a client's stream of shuffled epochs.
 
-    Epoch ``e`` is a permutation seeded by (seed, e); the last batch of an epoch
-    may be smaller. Recomputable from the counter alone, so client state stays small.
+    Epoch ``e`` is a permutation seeded by (seed, e). The incomplete last batch
+    is dropped (the next epoch's permutation uses those samples): a handful of
+    samples gives noisy BatchNorm statistics, and when every client ends its
+    round on one, they dominate the running statistics used at evaluation
+    (measured: MNIST, 10 clients, test accuracy 0.76-0.88 instead of 0.96-0.97).
+    Recomputable from the counter alone, so client state stays small.
     """
-    per_epoch = -(-num_samples // batch_size)
+    per_epoch = batches_per_epoch(num_samples, batch_size)
     epoch, step = divmod(counter, per_epoch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_samples, generator=generator)
     return order[step * batch_size : (step + 1) * batch_size]
+
+
+def batches_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Full batches in one pass (at least one, smaller, when there are fewer samples)."""
+    return max(num_samples // batch_size, 1)

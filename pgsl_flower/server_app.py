@@ -71,7 +71,14 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     nodes = sorted(trainer.train_sizes)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**cfg.as_run_config(), "num-clients": len(nodes)})
+    write_json(
+        run_dir / "config.json",
+        {
+            **cfg.as_run_config(),
+            "num-clients": len(nodes),
+            "partition-order": [trainer.partitions[n] for n in nodes],
+        },
+    )
     writer = MetricsWriter(run_dir)
     log(INFO, "pgsl-flower: %s, %s, %d clients, %d rounds -> %s", cfg.dataset, cfg.schedule, len(nodes), cfg.num_rounds, run_dir)
 
@@ -97,7 +104,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "train_loss": round(stats.train_loss, 6),
             "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
             "samples": stats.samples,
-            "exchanges": stats.exchanges,
+            "messages_per_client": stats.messages // max(len(nodes), 1),
+            "train_seconds": round(stats.train_seconds, 3),
             "round_seconds": round(time.perf_counter() - round_start, 3),
             "wall_seconds": round(time.perf_counter() - started, 3),
             "bytes_up_per_client": stats.bytes_up // max(len(nodes), 1),
@@ -112,6 +120,10 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             row["local_accuracy_mean"], stats.samples, row["round_seconds"],
             row["bytes_up_per_client"] / 1e6, row["bytes_down_per_client"] / 1e6, len(stats.failed),
         )
+    torch.save(
+        {"client": trainer.client_weights, "server": server.model.state_dict()},
+        run_dir / "final_model.pt",
+    )
     summary = {
         "run_dir": str(run_dir),
         "rounds": cfg.num_rounds,

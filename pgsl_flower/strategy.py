@@ -19,6 +19,7 @@ least ``min-available-clients`` remain.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -31,7 +32,9 @@ from torch.nn import functional as F
 
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig
+from pgsl_flower.local_data import batches_per_epoch
 from pgsl_flower.model import ServerNet, make_optimizer
+from pgsl_flower.transport import Courier
 
 
 @dataclass
@@ -43,7 +46,8 @@ class RoundStats:
     samples: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
-    exchanges: int = 0
+    messages: int = 0
+    train_seconds: float = 0.0
     failed: list[int] = field(default_factory=list)
 
     @property
@@ -118,30 +122,27 @@ class SplitTrainer:
         self.num_classes = num_classes
         self.client_weights = client_weights  # the global (aggregated or relayed) client part
         self.train_sizes: dict[int, int] = {}
+        self.partitions: dict[int, int] = {}  # node id -> partition id (for logs and tests)
+        self.courier = Courier(grid, cfg.reply_timeout)
 
     # -- messaging -------------------------------------------------------------------------
+    def _reply(self, node: int, message_id: str, stats: RoundStats) -> Message | None:
+        """Wait for a node's reply; an error reply or a timeout drops the node."""
+        reply = self.courier.wait(message_id)
+        if reply is None:
+            self._fail(node, f"no reply within {self.cfg.reply_timeout} s", stats)
+        elif reply.has_error():
+            self._fail(node, f"client error: {reply.error.reason}", stats)
+            reply = None
+        return reply
+
     def _exchange(
         self, contents: Mapping[int, RecordDict], message_type: str, group: str, stats: RoundStats
     ) -> dict[int, Message]:
         """Send one message per node, wait for all replies; failed nodes are dropped."""
-        messages = [
-            Message(content, dst_node_id=node, message_type=message_type, group_id=group)
-            for node, content in contents.items()
-        ]
-        stats.bytes_down += sum(protocol.content_nbytes(c) for c in contents.values())
-        stats.exchanges += 1
-        replies: dict[int, Message] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=None):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self._fail(node, f"client error: {reply.error.reason}", stats)
-                continue
-            stats.bytes_up += protocol.content_nbytes(reply.content)
-            replies[node] = reply
-        for node in contents:
-            if node not in replies and node not in stats.failed:
-                self._fail(node, "no reply", stats)
-        return replies
+        ids = {node: self.courier.push(node, c, message_type, group) for node, c in contents.items()}
+        replies = {node: self._reply(node, message_id, stats) for node, message_id in ids.items()}
+        return {node: reply for node, reply in replies.items() if reply is not None}
 
     def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
         log(WARNING, "node %s dropped for this round: %s", node, reason)
@@ -162,75 +163,77 @@ class SplitTrainer:
         for node, reply in self._exchange(contents, protocol.QUERY_INFO, "info", stats).items():
             info = reply.content[protocol.INFO]
             self.train_sizes[node] = int(info["num-train"])
+            self.partitions[node] = int(info["partition-id"])
             if int(info["num-classes"]) != self.num_classes:
                 raise RuntimeError(f"node {node} reports {info['num-classes']} classes, server has {self.num_classes}")
         self._check_quorum(self.train_sizes)
 
     def steps_for(self, node: int) -> int:
-        steps = -(-self.train_sizes[node] // self.cfg.batch_size)
+        steps = batches_per_epoch(self.train_sizes[node], self.cfg.batch_size)
         return min(steps, self.cfg.batches_per_round) if self.cfg.batches_per_round else steps
 
     # -- training --------------------------------------------------------------------------
-    def _server_steps(
-        self, replies: Mapping[int, Message], stats: RoundStats
-    ) -> dict[int, torch.Tensor]:
-        """Validate each client's batch and run the server step on it; returns dL/dh per node."""
-        grads: dict[int, torch.Tensor] = {}
-        for node in sorted(replies):
-            try:
-                smashed, labels = protocol.decode_batch(
-                    replies[node].content,
-                    smashed_shape=self.smashed_shape,
-                    max_batch=self.cfg.batch_size,
-                    num_classes=self.num_classes,
-                    max_bytes=self.cfg.max_payload_bytes,
-                )
-            except protocol.PayloadError as err:
-                self._fail(node, f"rejected payload: {err}", stats)
-                continue
-            grads[node], loss_sum, correct = self.server.step(smashed, labels)
-            stats.loss_sum += loss_sum
-            stats.correct += correct
-            stats.samples += len(labels)
-        return grads
+    def _server_step(self, node: int, reply: Message, stats: RoundStats) -> torch.Tensor | None:
+        """Validate a client's batch and run the server step on it; returns dL/dh."""
+        try:
+            smashed, labels = protocol.decode_batch(
+                reply.content,
+                smashed_shape=self.smashed_shape,
+                max_batch=self.cfg.batch_size,
+                num_classes=self.num_classes,
+                max_bytes=self.cfg.max_payload_bytes,
+            )
+        except protocol.PayloadError as err:
+            self._fail(node, f"rejected payload: {err}", stats)
+            return None
+        grad, loss_sum, correct = self.server.step(smashed, labels)
+        stats.loss_sum += loss_sum
+        stats.correct += correct
+        stats.samples += len(labels)
+        return grad
 
-    def _train_group(self, nodes: Sequence[int], round_num: int, stats: RoundStats) -> dict[int, Message]:
-        """Train ``nodes`` in lock-step from the current global client weights.
+    def _pipeline(
+        self, steps: Mapping[int, int], group: str, stats: RoundStats
+    ) -> dict[int, Message]:
+        """Train each node for ``steps[node]`` batches from the global client weights.
 
+        The server handles batches in a fixed order (step by step, nodes in the
+        given order), so the result does not depend on reply timing; but as soon
+        as node i's batch is done, node i gets its gradient and computes its next
+        batch while the server works on the other nodes' batches.
         Returns each surviving node's final reply (holding its client weights).
         """
-        group = f"round-{round_num}"
-        steps = {node: self.steps_for(node) for node in nodes}
+        nodes = list(steps)
         weights = protocol.encode_state(self.client_weights)
-        grads: dict[int, torch.Tensor] = {}
-        done: dict[int, Message] = {}
-        alive = list(nodes)
-        step = 0
-        while alive:
-            contents: dict[int, RecordDict] = {}
-            for node in alive:
-                forward = step < steps[node]
-                content = RecordDict(
-                    {
-                        protocol.INSTRUCTIONS: ConfigRecord(
-                            {"forward": forward, "send-weights": not forward}
-                        )
-                    }
-                )
-                if step == 0:
-                    content[protocol.CLIENT_WEIGHTS] = weights
-                if node in grads:
-                    content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grads[node])})
-                contents[node] = content
-            replies = self._exchange(contents, protocol.TRAIN_STEP, group, stats)
-            finishing = {n: r for n, r in replies.items() if step >= steps[n]}
-            done.update(finishing)
-            grads = self._server_steps(
-                {n: r for n, r in replies.items() if n not in finishing}, stats
+
+        def send(node: int, step: int, grad: torch.Tensor | None) -> str:
+            forward = step < steps[node]
+            content = RecordDict(
+                {protocol.INSTRUCTIONS: ConfigRecord({"forward": forward, "send-weights": not forward})}
             )
-            alive = [n for n in alive if n in grads]
-            self._check_quorum(list(alive) + list(done))
-            step += 1
+            if step == 0:
+                content[protocol.CLIENT_WEIGHTS] = weights
+            if grad is not None:
+                content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grad)})
+            return self.courier.push(node, content, protocol.TRAIN_STEP, group)
+
+        in_flight = {node: send(node, 0, None) for node in nodes}
+        step_of = dict.fromkeys(nodes, 0)
+        done: dict[int, Message] = {}
+        while in_flight:
+            for node in [n for n in nodes if n in in_flight]:
+                reply = self._reply(node, in_flight.pop(node), stats)
+                if reply is None:
+                    continue
+                if step_of[node] >= steps[node]:
+                    done[node] = reply  # the closing reply, with the client's weights
+                    continue
+                grad = self._server_step(node, reply, stats)
+                if grad is None:
+                    continue
+                step_of[node] += 1
+                in_flight[node] = send(node, step_of[node], grad)
+            self._check_quorum(list(in_flight) + list(done))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:
@@ -250,22 +253,43 @@ class SplitTrainer:
         self._check_quorum(range(len(collected)))
         return collected
 
+    def _aggregate(self, finals: Mapping[int, Message], stats: RoundStats) -> None:
+        """FedAvg of the returned client parts (weighted by training-set size)."""
+        collected = self._collect_weights(finals, stats)
+        self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
+
     def train_round(self, nodes: Sequence[int], round_num: int) -> RoundStats:
-        """One round of the configured schedule over ``nodes``."""
+        """One round of the configured schedule over ``nodes``.
+
+        SplitFed averages the client parts at the round's end, and every
+        ``client-sync-every`` steps within it when that is > 0.
+        """
         stats = RoundStats()
+        before = (self.courier.bytes_up, self.courier.bytes_down, self.courier.messages)
+        started = time.perf_counter()
+        total = {node: self.steps_for(node) for node in nodes}
         if self.cfg.schedule == "splitfed":
-            finals = self._train_group(nodes, round_num, stats)
-            collected = self._collect_weights(finals, stats)
-            self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
+            segment = self.cfg.client_sync_every or max(total.values())
+            for first in range(0, max(total.values()), segment):
+                steps = {
+                    node: min(total[node] - first, segment)
+                    for node in nodes
+                    if total[node] > first and node not in stats.failed
+                }
+                group = f"round-{round_num}.step-{first}"
+                self._aggregate(self._pipeline(steps, group, stats), stats)
         else:
             order = list(nodes)
             random.Random(self.cfg.seed * 7919 + round_num).shuffle(order)
             for node in order:
-                finals = self._train_group([node], round_num, stats)
+                finals = self._pipeline({node: total[node]}, f"round-{round_num}.node-{node}", stats)
                 if finals:  # a failed client passes the weights on unchanged
-                    collected = self._collect_weights(finals, stats)
-                    self.client_weights = collected[0][0]
+                    self.client_weights = self._collect_weights(finals, stats)[0][0]
             self._check_quorum(n for n in order if n not in stats.failed)
+        stats.train_seconds = time.perf_counter() - started
+        stats.bytes_up = self.courier.bytes_up - before[0]
+        stats.bytes_down = self.courier.bytes_down - before[1]
+        stats.messages = self.courier.messages - before[2]
         return stats
 
     # -- evaluation ------------------------------------------------------------------------
