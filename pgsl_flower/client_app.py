@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig, parse_run_config
@@ -163,9 +164,12 @@ def _config(context: Context, override: RunConfig | None) -> RunConfig:
     return override if override is not None else parse_run_config(context.run_config)
 
 
-def build_client_app(override: RunConfig | None = None) -> ClientApp:
-    """The ClientApp; ``override`` replaces ``context.run_config`` (programmatic runs)."""
-    client_app = ClientApp()
+def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
+    """The ClientApp; ``override`` replaces ``context.run_config`` (programmatic runs).
+
+    ``mods`` are Flower client mods wrapped around every handler.
+    """
+    client_app = ClientApp(mods=mods)
 
     def handler(body: Callable[[SplitClient, Message], RecordDict]) -> Callable:
         def run(message: Message, context: Context) -> Message:

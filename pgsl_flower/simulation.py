@@ -13,10 +13,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
 from pgsl_flower.local_data import local_data
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,11 +47,13 @@ def simulate(
     client_cpus: float = 1.0,
     client_gpus: float = 0.0,
     verbose: bool = False,
+    client_app: ClientApp | None = None,
 ) -> dict[str, Any]:
     """Run one federated split-learning simulation; returns ``summary.json``'s content.
 
     ``config`` is a :class:`RunConfig` or a mapping of run-config keys (missing
-    keys take their defaults).
+    keys take their defaults). ``client_app`` replaces the standard ClientApp
+    (e.g. one that misbehaves, to exercise failure handling).
     """
     from flwr.simulation import run_simulation
 
@@ -60,7 +65,7 @@ def simulate(
     target = Path(run_dir).resolve() if run_dir else new_run_dir(cfg, f"sim-n{num_clients}-s{cfg.seed}")
     run_simulation(
         server_app=build_server_app(cfg, target),
-        client_app=build_client_app(cfg),
+        client_app=client_app or build_client_app(cfg),
         num_supernodes=num_clients,
         backend_config={
             "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},

@@ -65,6 +65,12 @@ def candidate_roots(explicit: str | Path | None = None) -> list[tuple[str, Path]
         out.append((f"${DATA_DIR_ENV}", env))
     out.append(("<repo>/datasets", REPO_ROOT / "datasets"))
     out.append(("<repo>/../shared/data", (REPO_ROOT.parent / "shared" / "data").resolve()))
+    # `flwr run` executes an installed copy of the app, away from the repository;
+    # its processes keep the working directory `flwr run` was started from.
+    cwd = Path.cwd()
+    if cwd.resolve() != REPO_ROOT:
+        out.append(("<cwd>/datasets", cwd / "datasets"))
+        out.append(("<cwd>/../shared/data", (cwd.parent / "shared" / "data").resolve()))
     return out
 
 
@@ -72,8 +78,9 @@ def resolve_data_root(explicit: str | Path | None = None) -> Path:
     """Return the folder that holds ``mnist/`` and/or ``mias/``.
 
     Order: ``explicit`` if given (an empty string counts as not given); the
-    environment variable ``PGSL_DATA_DIR`` if set and non-empty; ``<repo>/datasets``
-    if it contains a ``mnist`` or ``mias`` folder; ``<repo>/../shared/data``.
+    environment variable ``PGSL_DATA_DIR`` if set and non-empty; then the first of
+    ``<repo>/datasets``, ``<repo>/../shared/data``, ``<cwd>/datasets`` and
+    ``<cwd>/../shared/data`` that contains a ``mnist`` or ``mias`` folder.
     Explicit and environment values are returned even if they do not exist, so the
     later error names the path the user asked for. If nothing is found,
     ``<repo>/datasets`` is returned (the place to put the files).
@@ -84,13 +91,10 @@ def resolve_data_root(explicit: str | Path | None = None) -> Path:
     env = _clean(os.environ.get(DATA_DIR_ENV))
     if env is not None:
         return env
-    local = REPO_ROOT / "datasets"
-    if any((local / n).is_dir() for n in KNOWN_DATASETS):
-        return local
-    shared = (REPO_ROOT.parent / "shared" / "data").resolve()
-    if shared.is_dir():
-        return shared
-    return local
+    for _, root in candidate_roots():
+        if any((root / n).is_dir() for n in KNOWN_DATASETS):
+            return root
+    return REPO_ROOT / "datasets"
 
 
 def _searched_text(explicit: str | Path | None) -> str:

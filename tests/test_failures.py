@@ -1,0 +1,57 @@
+"""A client that fails or sends a bad payload mid-round is dropped; the run goes on."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+
+from pgsl_flower import protocol
+from pgsl_flower.client_app import build_client_app
+from pgsl_flower.config import RunConfig
+from pgsl_flower.simulation import simulate
+
+CFG = RunConfig(num_rounds=2, samples_per_client=300, batch_size=32, test_samples=300, local_eval_samples=32, seed=3)
+
+
+def _fault_mod(mode: str):
+    """A Flower mod: partition 1 misbehaves at its 4th training message of the run."""
+
+    def mod(message: Message, context: Context, call_next) -> Message:  # noqa: ANN001
+        reply = call_next(message, context)
+        if context.node_config["partition-id"] != 1 or message.metadata.message_type != protocol.TRAIN_STEP:
+            return reply
+        calls = int(context.state["fault"]["calls"]) + 1 if "fault" in context.state else 1
+        context.state["fault"] = ConfigRecord({"calls": calls})
+        if calls == 4 and mode == "raise":
+            raise RuntimeError("site lost its disk")
+        if calls == 4 and mode == "nan":
+            batch = reply.content[protocol.BATCH]
+            h = batch["h"].numpy().copy()
+            h[0, 0, 0, 0] = np.nan
+            reply.content[protocol.BATCH] = ArrayRecord({"h": Array(h), "labels": batch["labels"]})
+        return reply
+
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_failing_client_is_dropped_and_run_completes(tmp_path, mode):
+    app = build_client_app(CFG, mods=[_fault_mod(mode)])
+    summary = simulate(CFG, num_clients=3, run_dir=tmp_path, client_app=app)
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert int(rows[0]["failed_clients"]) == 1 and int(rows[0]["clients"]) == 2
+    assert int(rows[1]["failed_clients"]) == 0  # it rejoins in the next round
+    assert summary["final_test_accuracy"] > 0.5
+
+
+def test_quorum_loss_stops_the_run(tmp_path):
+    cfg = CFG.replace(min_available_clients=3, num_rounds=1)
+    app = build_client_app(cfg, mods=[_fault_mod("raise")])
+    with pytest.raises(Exception, match="min-available-clients"):
+        simulate(cfg, num_clients=3, run_dir=tmp_path, client_app=app)
+    assert not (tmp_path / "summary.json").exists()
