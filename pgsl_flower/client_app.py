@@ -26,7 +26,7 @@ from flwr.clientapp.typing import Mod
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.local_data import LocalData, batch_indices, local_data
-from pgsl_flower.model import ClientNet, make_optimizer, prepare_input
+from pgsl_flower.model import ClientNet, decayed_lr, make_optimizer, prepare_input, set_lr
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
@@ -112,6 +112,7 @@ class SplitClient:
             )
             self.optimizer.zero_grad(set_to_none=True)
             smashed.backward(grad)
+        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.pending))
         self.optimizer.step()
         self.pending = -1
 

@@ -34,6 +34,7 @@ class RunConfig:
     batch_size: int = 64
     lr: float = 0.001
     weight_decay: float = 0.0003
+    lr_decay: float = 0.0  # time-based decay lr / (1 + lr-decay * optimizer steps)
     samples_per_client: int = 2000  # 0: the whole partition
     partitioner: str = "iid"
     alpha: float = 0.5
@@ -77,8 +78,10 @@ class RunConfig:
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"run-config 'weight-decay' must be >= 0, got {self.weight_decay!r}")
+        for key in ("weight-decay", "lr-decay"):
+            value = getattr(self, _attr(key))
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(
                 f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"

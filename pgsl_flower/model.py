@@ -109,6 +109,20 @@ def make_optimizer(
     return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def decayed_lr(lr: float, decay: float, steps_taken: int) -> float:
+    """Time-based decay ``lr / (1 + decay * t)`` (Keras' ``decay`` argument).
+
+    One reading of the paper's "learning rate of 0.001 with a decay rate of
+    0.0003" (Section V-A); ``t`` counts the optimizer's own steps.
+    """
+    return lr / (1.0 + decay * steps_taken)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
     if name == "auto":

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig
 from pgsl_flower.local_data import batches_per_epoch
-from pgsl_flower.model import ServerNet, make_optimizer
+from pgsl_flower.model import ServerNet, decayed_lr, make_optimizer, set_lr
 from pgsl_flower.transport import Courier
 
 
@@ -66,6 +66,8 @@ class ServerModel:
         self.device = device
         self.model = ServerNet(num_classes).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.cfg = cfg
+        self.steps_taken = 0
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """One optimizer step on a client batch; returns (dL/dh, loss sum, correct)."""
@@ -76,7 +78,9 @@ class ServerModel:
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.steps_taken))
         self.optimizer.step()
+        self.steps_taken += 1
         correct = int((logits.argmax(1) == y).sum())
         return h.grad.detach().cpu(), loss.item() * len(y), correct
 
@@ -161,11 +165,16 @@ class SplitTrainer:
         stats = RoundStats()
         contents = {node: RecordDict() for node in nodes}
         for node, reply in self._exchange(contents, protocol.QUERY_INFO, "info", stats).items():
-            info = reply.content[protocol.INFO]
-            self.train_sizes[node] = int(info["num-train"])
-            self.partitions[node] = int(info["partition-id"])
-            if int(info["num-classes"]) != self.num_classes:
-                raise RuntimeError(f"node {node} reports {info['num-classes']} classes, server has {self.num_classes}")
+            try:
+                info = protocol.require_record(reply.content, protocol.INFO, ConfigRecord)
+                size, partition, classes = (int(info[k]) for k in ("num-train", "partition-id", "num-classes"))
+            except (protocol.PayloadError, KeyError, TypeError, ValueError) as err:
+                self._fail(node, f"malformed info reply ({err!r})", stats)
+                continue
+            if classes != self.num_classes or size < 1:
+                self._fail(node, f"reports {classes} classes and {size} samples; server has {self.num_classes} classes", stats)
+                continue
+            self.train_sizes[node], self.partitions[node] = size, partition
         self._check_quorum(self.train_sizes)
 
     def steps_for(self, node: int) -> int:
@@ -233,7 +242,6 @@ class SplitTrainer:
                     continue
                 step_of[node] += 1
                 in_flight[node] = send(node, step_of[node], grad)
-            self._check_quorum(list(in_flight) + list(done))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:
@@ -250,13 +258,13 @@ class SplitTrainer:
                 self._fail(node, f"rejected weights: {err}", stats)
                 continue
             collected.append((state, self.train_sizes[node]))
-        self._check_quorum(range(len(collected)))
         return collected
 
     def _aggregate(self, finals: Mapping[int, Message], stats: RoundStats) -> None:
         """FedAvg of the returned client parts (weighted by training-set size)."""
         collected = self._collect_weights(finals, stats)
-        self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
+        if collected:
+            self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
 
     def train_round(self, nodes: Sequence[int], round_num: int) -> RoundStats:
         """One round of the configured schedule over ``nodes``.
@@ -278,13 +286,15 @@ class SplitTrainer:
                 }
                 group = f"round-{round_num}.step-{first}"
                 self._aggregate(self._pipeline(steps, group, stats), stats)
+                self._check_quorum(n for n in nodes if n not in stats.failed)
         else:
             order = list(nodes)
             random.Random(self.cfg.seed * 7919 + round_num).shuffle(order)
             for node in order:
                 finals = self._pipeline({node: total[node]}, f"round-{round_num}.node-{node}", stats)
-                if finals:  # a failed client passes the weights on unchanged
-                    self.client_weights = self._collect_weights(finals, stats)[0][0]
+                collected = self._collect_weights(finals, stats)
+                if collected:  # a failed client passes the weights on unchanged
+                    self.client_weights = collected[0][0]
             self._check_quorum(n for n in order if n not in stats.failed)
         stats.train_seconds = time.perf_counter() - started
         stats.bytes_up = self.courier.bytes_up - before[0]

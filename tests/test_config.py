@@ -29,6 +29,7 @@ def test_parse_accepts_defaults_and_overrides():
         ("partitioner", "zipf", "'partitioner'"),
         ("lr", float("nan"), "'lr'"),
         ("lr", -1.0, "'lr'"),
+        ("lr-decay", -0.1, "'lr-decay'"),
         ("alpha", 0, "'alpha'"),
         ("holdout-fraction", 1.0, "'holdout-fraction'"),
         ("image-size", 7, "'image-size'"),

@@ -114,3 +114,11 @@ def test_batch_indices_full_batches_without_repeats():
     assert len(set(seen)) == 48 and set(seen) <= set(range(50))
     assert not torch.equal(batch_indices(50, 16, 0, seed=1), batch_indices(50, 16, 3, seed=1))
     assert len(batch_indices(10, 16, 0, seed=1)) == 10  # fewer samples than a batch
+
+
+def test_time_based_lr_decay():
+    from pgsl_flower.model import decayed_lr
+
+    assert decayed_lr(1e-3, 3e-4, 0) == 1e-3
+    assert abs(decayed_lr(1e-3, 3e-4, 10_000) - 1e-3 / 4) < 1e-12
+    assert decayed_lr(1e-3, 0.0, 10_000) == 1e-3
