@@ -101,7 +101,7 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
     out: dict[str, torch.Tensor] = {}
     for key, ref in states[0].items():
         if ref.is_floating_point():
-            out[key] = sum(s[key].double() * (w / total) for s, w in zip(states, weights)).to(ref.dtype)
+            out[key] = sum(s[key].double() * (w / total) for s, w in zip(states, weights, strict=True)).to(ref.dtype)
         else:
             out[key] = torch.stack([s[key] for s in states]).max(0).values
     return out

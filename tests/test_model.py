@@ -1,7 +1,7 @@
 """The split network computes exactly what the unsplit network computes."""
 
 import torch
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from pgsl_flower import protocol
 from pgsl_flower.client_app import SplitClient

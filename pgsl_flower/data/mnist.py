@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

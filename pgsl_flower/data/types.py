@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -87,7 +87,7 @@ class ImageDataset:
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         return dict(zip(self.classes, counts))
 
-    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor, name: str | None = None) -> "ImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor, name: str | None = None) -> ImageDataset:
         """Return a new dataset holding the samples at ``indices`` (copies the data)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         if idx.ndim != 1:
