@@ -80,7 +80,8 @@ def robust_pca(
     t, t_prev = 1.0, 1.0
     change = math.inf
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    while iterations < max_iter:
+        iterations += 1
         beta = (t_prev - 1.0) / t
         y_low = low + beta * (low - low_prev)
         y_sparse = sparse + beta * (sparse - sparse_prev)
