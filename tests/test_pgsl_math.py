@@ -138,3 +138,14 @@ def test_conv_sum_fusion_is_conv_of_concat_plus_attacked():
         module.conv.weight.zero_()
         module.conv.bias.zero_()
     assert torch.equal(module(f_u, f_v), f_u)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 784), (3, 200, 20), (3, 30, 30)])
+def test_singular_value_threshold_gram_path_equals_svd(shape):
+    x = torch.randn(*shape, dtype=torch.float64)
+    tau = torch.tensor([0.5, 2.0, 50.0], dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    expected = (u * torch.clamp_min(s - tau.unsqueeze(-1), 0).unsqueeze(-2)) @ vh
+    assert torch.allclose(proximal.singular_value_threshold(x, tau), expected, atol=1e-8)
+    got32 = proximal.singular_value_threshold(x.float(), tau.float())
+    assert torch.allclose(got32.double(), expected, atol=1e-4)
