@@ -4,6 +4,8 @@
 - :mod:`.resampling` — reversible down/up-sampling with the saliency channel (IV-B)
 - :mod:`.proximal` — robust PCA by accelerated proximal gradient (eqs. 2-6)
 - :mod:`.fusion` — conv-sum fusion (eqs. 7-8) and adaptive weighted averaging (eqs. 9-11)
+- :mod:`.server_model` — the server side: recovery, fusion, three towers, fused-only dL/dh
 
-The PGSL strategy that wires these into the protocol is not built yet.
+Not wired into the protocol yet: no run-config key selects PGSL, and clients do
+not yet run the pixel attack (the saliency channel is still zeros).
 """

@@ -1,0 +1,123 @@
+"""The PGSL server side (paper Section IV-C..E): recovery, fusion, three streams.
+
+Per client batch of smashed data ``h`` (N, 64, H/2, W/2):
+
+1. up-sample: ``u = pixel_shuffle(h, 2)`` -> (N, 16, H, W), the inverse of the
+   client's down-sampling;
+2. proximal recovery (:func:`robust_pca`) on each sample's 16 x (H*W) matrix
+   (channels x pixels; DESIGN.md §2 step 5 leaves the matricisation open: this
+   one is 12x cheaper than per-channel H x W matrices, see the note in
+   :mod:`.proximal`), giving the recovered part ``L``; down-sampled back to the
+   split's shape it is ``f_v``. The solver is a fixed preprocessing: no gradient
+   flows through it;
+3. conv-sum fusion ``f = conv1x1(concat(f_u, f_v)) + f_u`` with ``f_u = h``;
+4. three towers (conv3..conv7 + 2 FC, :class:`ServerNet`): attacked ``S_a`` on
+   ``h``, fused ``S_f`` on ``f``, recovered ``S_r`` on ``f_v``; each is trained on
+   its own cross-entropy;
+5. only the fused stream's gradient w.r.t. ``h`` goes back to the client: the
+   attacked tower sees ``h`` detached, the recovered tower sees ``f_v``.
+
+At evaluation the three streams' softmax scores are combined by adaptive
+weighted averaging (eqs. 9-11).
+
+Not wired into the protocol yet: the ServerApp still uses the plain
+:class:`pgsl_flower.strategy.ServerModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pgsl_flower.model import CONV_CHANNELS, ServerNet, make_optimizer
+from pgsl_flower.pgsl.fusion import ConvSumFusion, fuse_decisions
+from pgsl_flower.pgsl.proximal import robust_pca
+
+STREAMS = ("recovered", "fused", "attacked")
+
+
+@dataclass(frozen=True)
+class ProximalSettings:
+    """Parameters of the recovery step (paper: mu = 0.55, Fig. 3)."""
+
+    mu: float = 0.55
+    lam: float | None = None
+    max_iter: int = 30
+    tol: float = 1e-4
+
+
+def recover(smashed: torch.Tensor, settings: ProximalSettings) -> torch.Tensor:
+    """``f_v``: the low-rank part of the up-sampled activations, back at the split's shape."""
+    with torch.no_grad():
+        up = F.pixel_shuffle(smashed, 2)  # (N, C/4, H, W)
+        n, c, height, width = up.shape
+        result = robust_pca(
+            up.reshape(n, c, height * width),
+            mu=settings.mu,
+            lam=settings.lam,
+            max_iter=settings.max_iter,
+            tol=settings.tol,
+        )
+        return F.pixel_unshuffle(result.low_rank.reshape(n, c, height, width), 2)
+
+
+class PGSLNet(nn.Module):
+    """Fusion module and the three towers."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.fusion = ConvSumFusion(CONV_CHANNELS)
+        self.towers = nn.ModuleDict({name: ServerNet(num_classes) for name in STREAMS})
+
+    def forward(self, smashed: torch.Tensor, recovered: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per stream. Only the fused stream depends on ``smashed`` with gradient."""
+        return {
+            "recovered": self.towers["recovered"](recovered),
+            "fused": self.towers["fused"](self.fusion(smashed, recovered)),
+            "attacked": self.towers["attacked"](smashed.detach()),
+        }
+
+
+class PGSLServerModel:
+    """Same interface as :class:`pgsl_flower.strategy.ServerModel`, with PGSL's three streams."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        device: torch.device,
+        lr: float = 1e-3,
+        weight_decay: float = 3e-4,
+        settings: ProximalSettings | None = None,
+    ) -> None:
+        self.device = device
+        self.settings = settings or ProximalSettings()
+        self.model = PGSLNet(num_classes).to(device)
+        self.optimizer = make_optimizer(self.model, lr, weight_decay)
+
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        """Train all three towers on their own losses; return the fused stream's dL/dh.
+
+        Returns (dL_f/dh, fused loss sum, fused correct), like the plain server step.
+        """
+        self.model.train()
+        h = smashed.to(self.device).requires_grad_(True)
+        y = labels.to(self.device)
+        logits = self.model(h, recover(h.detach(), self.settings))
+        losses = {name: F.cross_entropy(out, y) for name, out in logits.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        correct = int((logits["fused"].argmax(1) == y).sum())
+        return h.grad.detach().cpu(), losses["fused"].item() * len(y), correct
+
+    @torch.no_grad()
+    def scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Softmax scores per stream and their decision-level fusion (eqs. 9-11)."""
+        self.model.eval()
+        h = smashed.to(self.device)
+        out = {name: logits.softmax(1) for name, logits in self.model(h, recover(h, self.settings)).items()}
+        out["fusion"] = fuse_decisions(out["recovered"], out["fused"], out["attacked"])
+        return out
