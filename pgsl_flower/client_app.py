@@ -26,7 +26,7 @@ from flwr.clientapp.typing import Mod
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.local_data import LocalData, batch_indices, local_data
-from pgsl_flower.model import ClientNet, decayed_lr, make_optimizer, prepare_input, set_lr
+from pgsl_flower.model import ClientNet, decayed_lr, make_optimizer, set_lr
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
@@ -98,8 +98,7 @@ class SplitClient:
         """Backpropagate the server's dL/dh through the pre-cut layers and step."""
         if self.pending < 0:
             raise protocol.PayloadError("field 'grad.h': no batch is awaiting a gradient")
-        images, _ = self.data.batch(self._indices(self.pending))
-        inputs = prepare_input(images)
+        inputs = self.data.inputs(self._indices(self.pending))
         self.model.train()
         with _frozen_running_stats(self.model):
             smashed = self.model(inputs)
@@ -118,22 +117,22 @@ class SplitClient:
 
     def forward_next(self) -> ArrayRecord:
         """Smashed data and labels of the next batch (train mode, no graph kept)."""
-        images, labels = self.data.batch(self._indices(self.counter))
+        indices = self._indices(self.counter)
         self.model.train()
         with torch.no_grad():
-            smashed = self.model(prepare_input(images))
+            smashed = self.model(self.data.inputs(indices))
+        labels = self.data.labels(indices)
         self.pending = self.counter
         self.counter += 1
         return protocol.encode_batch(smashed, labels)
 
     def holdout_batch(self) -> ArrayRecord:
         """Smashed data (eval mode) of the held-out split, capped by 'local-eval-samples'."""
-        n = min(self.cfg.local_eval_samples, self.data.holdout_labels.shape[0])
-        images = self.data.holdout_images[:n].float().div_(255.0)
+        indices = torch.arange(min(self.cfg.local_eval_samples, self.data.holdout_labels.shape[0]))
         self.model.eval()
         with torch.no_grad():
-            smashed = self.model(prepare_input(images))
-        return protocol.encode_batch(smashed, self.data.holdout_labels[:n])
+            smashed = self.model(self.data.inputs(indices, "holdout"))
+        return protocol.encode_batch(smashed, self.data.labels(indices, "holdout"))
 
     def save(self) -> None:
         state = self.context.state

@@ -17,6 +17,7 @@ DATASETS = ("mnist", "mias")
 SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
+DEFENSES = ("none", "pgsl")
 
 
 class ConfigError(ValueError):
@@ -50,12 +51,21 @@ class RunConfig:
     max_payload_mb: float = 64.0
     min_available_clients: int = 1
     reply_timeout: float = 600.0  # seconds to wait for one client reply before dropping it
+    defense: str = "none"  # none | pgsl
+    pgsl_mu: float = 0.55  # final relaxation weight of the proximal step (paper Fig. 3)
+    pgsl_lambda: float = 0.0  # sparsity weight; 0: 1/sqrt(max(m, n))
+    pgsl_max_iter: int = 10
+    pgsl_tol: float = 1e-4
+    attack_pixels: int = 10  # k pixels changed by the intentional pixel attack
+    attack_theta: float = 0.5  # how much each attacked pixel is raised
+    surrogate_epochs: int = 1  # passes to train each client's saliency surrogate
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("defense", self.defense, DEFENSES)
         for key, low in (
             ("num-rounds", 1),
             ("batch-size", 1),
@@ -66,6 +76,9 @@ class RunConfig:
             ("client-sync-every", 0),
             ("min-available-clients", 1),
             ("image-size", 0),
+            ("pgsl-max-iter", 1),
+            ("attack-pixels", 0),
+            ("surrogate-epochs", 1),
         ):
             value = getattr(self, _attr(key))
             if value < low:
@@ -74,11 +87,11 @@ class RunConfig:
             raise ConfigError(
                 f"run-config 'image-size' must be 0 or an even number >= 8, got {self.image_size!r}"
             )
-        for key in ("lr", "alpha", "max-payload-mb", "reply-timeout"):
+        for key in ("lr", "alpha", "max-payload-mb", "reply-timeout", "pgsl-mu", "pgsl-tol"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")
-        for key in ("weight-decay", "lr-decay"):
+        for key in ("weight-decay", "lr-decay", "pgsl-lambda", "attack-theta"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")

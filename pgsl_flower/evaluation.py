@@ -1,35 +1,62 @@
-"""Centralised evaluation of the split network on a labelled image set."""
+"""Evaluation of the split network: scores per stream, decision, accuracy, loss."""
 
 from __future__ import annotations
 
-import torch
-from torch.nn import functional as F
+from collections.abc import Iterable
+from typing import Protocol
 
-from pgsl_flower.model import ClientNet, ServerNet, prepare_input
+import torch
+
+from pgsl_flower.model import ClientNet
+
+
+class ScoringServer(Protocol):
+    """What evaluation needs from a server model (plain or PGSL)."""
+
+    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def decide(self, scores: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+def score_smashed(
+    server: ScoringServer, smashed_batches: Iterable[torch.Tensor], labels: torch.Tensor
+) -> dict[str, float]:
+    """Accuracy and NLL of the server's decision, plus per-stream accuracy where there are streams.
+
+    Scores of all batches are gathered before the decision, so PGSL's
+    adaptive weights (eqs. 10-11) use the statistics of the whole set.
+    """
+    gathered: dict[str, list[torch.Tensor]] = {}
+    for smashed in smashed_batches:
+        for name, value in server.stream_scores(smashed).items():
+            gathered.setdefault(name, []).append(value.cpu())
+    scores = {name: torch.cat(values) for name, values in gathered.items()}
+    decision = server.decide(scores)
+    picked = decision.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
+    out = {
+        "loss": float(-picked.log().mean()),
+        "accuracy": float((decision.argmax(1) == labels).float().mean()),
+    }
+    for name, value in scores.items():
+        if name != "output":
+            out[f"acc_{name}"] = float((value.argmax(1) == labels).float().mean())
+    return out
 
 
 @torch.no_grad()
 def evaluate_split(
     client: ClientNet,
-    server: ServerNet,
-    images: torch.Tensor,
+    server: ScoringServer,
+    inputs: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of client part + server part (eval mode).
+) -> dict[str, float]:
+    """Run prepared client inputs (N, 4C + 1, H/2, W/2) through client + server (eval mode).
 
-    ``images`` are uint8 (N, C, H, W); this is the evaluation harness, run by the
-    server on the global test set, not part of the protocol.
+    This is the evaluation harness, run by the server on the global test set; it
+    is not part of the protocol.
     """
     client.eval()
-    server.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(labels), batch_size):
-        x = images[start : start + batch_size].to(device).float().div_(255.0)
-        y = labels[start : start + batch_size].to(device)
-        logits = server(client(prepare_input(x)))
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    n = max(len(labels), 1)
-    return loss_sum / n, correct / n
+    batches = (client(inputs[start : start + batch_size].to(device)) for start in range(0, len(labels), batch_size))
+    return score_smashed(server, batches, labels)

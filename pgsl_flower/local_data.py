@@ -7,6 +7,7 @@ the dataset each time would dominate the run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,21 +16,36 @@ import torch
 
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import ImageDataset, load_dataset, partition_indices
+from pgsl_flower.model import prepare_input
+from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
+from pgsl_flower.pgsl.resampling import downsample
 
 
 @dataclass(frozen=True)
 class LocalData:
-    """One client's training and held-out images (uint8) and labels."""
+    """One client's training and held-out images (uint8) and labels.
+
+    With the PGSL defense, ``attacked`` holds the pixel-attacked images and
+    saliency maps of both splits, and the model input is built from those.
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     holdout_images: torch.Tensor
     holdout_labels: torch.Tensor
     num_classes: int
+    attacked: dict[str, torch.Tensor] | None = None
 
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images as float in [0, 1] and their labels."""
-        return self.train_images[indices].float().div_(255.0), self.train_labels[indices]
+    def inputs(self, indices: torch.Tensor, split: str = "train") -> torch.Tensor:
+        """Client-part input for the given samples: (N, 4C + 1, H/2, W/2)."""
+        if self.attacked is not None:
+            key = "train" if split == "train" else "other"
+            return downsample(self.attacked[key][indices].float(), self.attacked[f"{key}-map"][indices].float())
+        images = self.train_images if split == "train" else self.holdout_images
+        return prepare_input(images[indices].float().div_(255.0))
+
+    def labels(self, indices: torch.Tensor, split: str = "train") -> torch.Tensor:
+        return (self.train_labels if split == "train" else self.holdout_labels)[indices]
 
 
 def load_datasets(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -62,13 +78,25 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
             "too few to train (lower the client count or 'holdout-fraction')"
         )
     held, kept = torch.from_numpy(indices[:n_holdout]), torch.from_numpy(indices[n_holdout:])
-    return LocalData(
+    data = LocalData(
         train_images=train.images[kept],
         train_labels=train.labels[kept],
         holdout_images=train.images[held],
         holdout_labels=train.labels[held],
         num_classes=len(train.classes),
     )
+    if cfg.defense == "pgsl":
+        attacked = attacked_split(
+            data.train_images, data.train_labels, data.holdout_images, data.holdout_labels,
+            data.num_classes, attack_settings(cfg, partition_id),
+        )
+        data = dataclasses.replace(data, attacked=attacked)
+    return data
+
+
+def attack_settings(cfg: RunConfig, salt: int = 0) -> AttackSettings:
+    """The run's pixel-attack parameters; ``salt`` varies the surrogate's seed per client."""
+    return AttackSettings(cfg.attack_pixels, cfg.attack_theta, cfg.surrogate_epochs, cfg.seed * 1_009 + salt)
 
 
 def batch_indices(num_samples: int, batch_size: int, counter: int, seed: int) -> torch.Tensor:

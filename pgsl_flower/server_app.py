@@ -19,18 +19,43 @@ from flwr.serverapp import Grid, ServerApp
 
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.evaluation import evaluate_split
-from pgsl_flower.local_data import load_datasets
+from pgsl_flower.data import ImageDataset
+from pgsl_flower.local_data import attack_settings, load_datasets
 from pgsl_flower.metrics import MetricsWriter, write_json
-from pgsl_flower.model import ClientNet, resolve_device
+from pgsl_flower.model import ClientNet, prepare_input, resolve_device
+from pgsl_flower.pgsl.client_side import attacked_split
+from pgsl_flower.pgsl.resampling import downsample
+from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
 from pgsl_flower.strategy import ServerModel, SplitTrainer
 
 NODE_WAIT_SECONDS = 600.0
+HARNESS_SURROGATE_SAMPLES = 6000
+HARNESS_SALT = 999_983
 
 
 def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
     """``<output-dir>/<timestamp>-<run id>``, absolute."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return (Path(cfg.output_dir) / f"{stamp}-{run_id}").resolve()
+
+
+def harness_inputs(
+    cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Client-part inputs for the global test set, built by the evaluation harness.
+
+    With PGSL the test images go through the same pixel attack as the clients'
+    data, with the harness's own surrogate (same recipe, trained on the first
+    6000 training images), since the server holds none of the clients'.
+    """
+    if cfg.defense != "pgsl":
+        return prepare_input(images.float().div_(255.0))
+    subset = slice(0, min(HARNESS_SURROGATE_SAMPLES, len(train_set)))
+    attacked = attacked_split(
+        train_set.images[subset], train_set.labels[subset], images, labels,
+        len(train_set.classes), attack_settings(cfg, salt=HARNESS_SALT),
+    )
+    return downsample(attacked["other"].float(), attacked["other-map"].float())
 
 
 def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:
@@ -61,7 +86,11 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     channels, size = train_set.images.shape[1], train_set.images.shape[-1]
 
     client_template = ClientNet(channels)
-    server = ServerModel(cfg, num_classes, device)
+    if cfg.defense == "pgsl":
+        server: ServerModel | PGSLServerModel = PGSLServerModel(cfg, num_classes, device)
+    else:
+        server = ServerModel(cfg, num_classes, device)
+    test_inputs = harness_inputs(cfg, train_set, test_images, test_labels)
     smashed_shape = (64, size // 2, size // 2)
     nodes = _wait_for_nodes(grid, cfg.min_available_clients)
     trainer = SplitTrainer(
@@ -88,9 +117,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         stats = trainer.train_round(nodes, round_num)
         client_template.load_state_dict(trainer.client_weights)
         client_template.to(device)
-        test_loss, test_acc = evaluate_split(
-            client_template, server.model, test_images, test_labels, device=device
-        )
+        test = evaluate_split(client_template, server, test_inputs, test_labels, device=device)
+        test_loss, test_acc = test["loss"], test["accuracy"]
         client_template.cpu()
         local = trainer.evaluate_clients([n for n in nodes if n not in stats.failed], round_num)
         active = len(nodes) - len(stats.failed)
@@ -100,6 +128,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "failed_clients": len(stats.failed),
             "test_accuracy": round(test_acc, 6),
             "test_loss": round(test_loss, 6),
+            **{f"test_acc_{name}": round(test[f"acc_{name}"], 6) if f"acc_{name}" in test else ""
+               for name in STREAMS},
             "train_accuracy": round(stats.train_accuracy, 6),
             "train_loss": round(stats.train_loss, 6),
             "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
@@ -112,6 +142,9 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "bytes_down_per_client": stats.bytes_down // max(len(nodes), 1),
         }
         writer.append(row)
+        if f"acc_{STREAMS[0]}" in test:
+            log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
+                ", ".join(f"{name} {test[f'acc_{name}']:.4f}" for name in STREAMS))
         log(
             INFO,
             "round %d/%d: test acc %.4f loss %.4f | train acc %.4f | local acc %s | "

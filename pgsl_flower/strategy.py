@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig
+from pgsl_flower.evaluation import score_smashed
 from pgsl_flower.local_data import batches_per_epoch
 from pgsl_flower.model import ServerNet, decayed_lr, make_optimizer, set_lr
 from pgsl_flower.transport import Courier
@@ -85,12 +86,14 @@ class ServerModel:
         return h.grad.detach().cpu(), loss.item() * len(y), correct
 
     @torch.no_grad()
-    def evaluate(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        """(loss sum, correct) on smashed data, in eval mode."""
+    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Softmax scores of the (single) output, in eval mode."""
         self.model.eval()
-        logits = self.model(smashed.to(self.device))
-        y = labels.to(self.device)
-        return float(F.cross_entropy(logits, y, reduction="sum")), int((logits.argmax(1) == y).sum())
+        return {"output": self.model(smashed.to(self.device)).softmax(1)}
+
+    @staticmethod
+    def decide(scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return scores["output"]
 
 
 def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -325,6 +328,5 @@ class SplitTrainer:
             except protocol.PayloadError as err:
                 log(WARNING, "node %s evaluation payload rejected: %s", node, err)
                 continue
-            _, correct = self.server.evaluate(smashed, labels)
-            accuracy[node] = correct / len(labels)
+            accuracy[node] = score_smashed(self.server, [smashed], labels)["accuracy"]
         return accuracy

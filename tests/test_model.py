@@ -86,10 +86,10 @@ def test_client_protocol_step_equals_direct_training(tmp_path):
         client.apply_gradient(ArrayRecord({"h": protocol.tensor_to_array(grad_h)}))
         client.save()
 
-        images, ref_labels = client.data.batch(batch_indices(len(client.data.train_labels), 16, counter, client._order_seed))
-        assert torch.equal(ref_labels, labels)
+        idx = batch_indices(len(client.data.train_labels), 16, counter, client._order_seed)
+        assert torch.equal(client.data.labels(idx), labels)
         reference.train()
-        ref_loss = torch.nn.functional.cross_entropy(server(reference(prepare_input(images))), labels)
+        ref_loss = torch.nn.functional.cross_entropy(server(reference(client.data.inputs(idx))), labels)
         ref_opt.zero_grad()
         ref_loss.backward()
         ref_opt.step()

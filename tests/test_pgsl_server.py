@@ -7,6 +7,7 @@ import copy
 import torch
 from torch.nn import functional as F
 
+from pgsl_flower.config import RunConfig
 from pgsl_flower.pgsl.server_model import PGSLServerModel, ProximalSettings, recover
 
 
@@ -27,7 +28,7 @@ def test_recover_removes_sparse_spikes_from_channel_correlated_maps():
 
 def _server(seed: int = 0) -> PGSLServerModel:
     torch.manual_seed(seed)
-    return PGSLServerModel(num_classes=10, device=torch.device("cpu"), settings=ProximalSettings(max_iter=5))
+    return PGSLServerModel(RunConfig(defense="pgsl", pgsl_max_iter=5), 10, torch.device("cpu"))
 
 
 def test_gradient_sent_to_client_is_the_fused_streams_only():
@@ -74,8 +75,10 @@ def test_all_three_towers_are_trained():
 
 
 def test_scores_are_distributions_and_fusion_mixes_them():
-    scores = _server().scores(torch.randn(4, 64, 14, 14))
-    assert set(scores) == {"recovered", "fused", "attacked", "fusion"}
-    for value in scores.values():
+    server = _server()
+    scores = server.stream_scores(torch.randn(4, 64, 14, 14))
+    assert set(scores) == {"recovered", "fused", "attacked"}
+    decision = server.decide(scores)
+    for value in [*scores.values(), decision]:
         assert value.shape == (4, 10)
         assert torch.allclose(value.sum(1), torch.ones(4), atol=1e-5)

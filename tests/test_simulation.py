@@ -132,3 +132,17 @@ def test_mias_runs_end_to_end(tmp_path):
     assert summary["train_samples"] == 2 * (136 - 14)  # 272 training images, 10% held out per client
     assert int(rows[0]["bytes_up_per_client"]) >= int(rows[0]["samples"]) // 2 * 64 * 16 * 16 * 4
     assert 0.0 <= float(rows[-1]["test_accuracy"]) <= 1.0
+
+
+@pytest.mark.slow
+def test_pgsl_simulation_trains_all_three_streams(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGSL_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = {**SMALL, "defense": "pgsl", "seed": 4}
+    simulate(cfg, num_clients=3, run_dir=tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    final = rows[-1]
+    streams = {name: float(final[f"test_acc_{name}"]) for name in ("recovered", "fused", "attacked")}
+    assert all(value > 0.2 for value in streams.values()), streams  # chance is 0.1
+    assert streams["fused"] > 0.8, streams
+    assert 0.0 <= float(final["test_accuracy"]) <= 1.0
+    assert list((tmp_path / "cache" / "attacks").glob("*.pt"))  # attacks cached by content

@@ -20,19 +20,20 @@ Per client batch of smashed data ``h`` (N, 64, H/2, W/2):
 At evaluation the three streams' softmax scores are combined by adaptive
 weighted averaging (eqs. 9-11).
 
-Not wired into the protocol yet: the ServerApp still uses the plain
-:class:`pgsl_flower.strategy.ServerModel`.
+Selected by run-config ``defense = "pgsl"``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.model import CONV_CHANNELS, ServerNet, make_optimizer
+from pgsl_flower.config import RunConfig
+from pgsl_flower.model import CONV_CHANNELS, ServerNet, decayed_lr, make_optimizer, set_lr
 from pgsl_flower.pgsl.fusion import ConvSumFusion, fuse_decisions
 from pgsl_flower.pgsl.proximal import robust_pca
 
@@ -45,7 +46,7 @@ class ProximalSettings:
 
     mu: float = 0.55
     lam: float | None = None
-    max_iter: int = 30
+    max_iter: int = 10
     tol: float = 1e-4
 
 
@@ -84,18 +85,13 @@ class PGSLNet(nn.Module):
 class PGSLServerModel:
     """Same interface as :class:`pgsl_flower.strategy.ServerModel`, with PGSL's three streams."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        device: torch.device,
-        lr: float = 1e-3,
-        weight_decay: float = 3e-4,
-        settings: ProximalSettings | None = None,
-    ) -> None:
+    def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device) -> None:
         self.device = device
-        self.settings = settings or ProximalSettings()
+        self.cfg = cfg
+        self.settings = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol)
         self.model = PGSLNet(num_classes).to(device)
-        self.optimizer = make_optimizer(self.model, lr, weight_decay)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.steps_taken = 0
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """Train all three towers on their own losses; return the fused stream's dL/dh.
@@ -109,15 +105,20 @@ class PGSLServerModel:
         losses = {name: F.cross_entropy(out, y) for name, out in logits.items()}
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.steps_taken))
         self.optimizer.step()
+        self.steps_taken += 1
         correct = int((logits["fused"].argmax(1) == y).sum())
         return h.grad.detach().cpu(), losses["fused"].item() * len(y), correct
 
     @torch.no_grad()
-    def scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Softmax scores per stream and their decision-level fusion (eqs. 9-11)."""
+    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Softmax scores of the recovered, fused and attacked streams."""
         self.model.eval()
         h = smashed.to(self.device)
-        out = {name: logits.softmax(1) for name, logits in self.model(h, recover(h, self.settings)).items()}
-        out["fusion"] = fuse_decisions(out["recovered"], out["fused"], out["attacked"])
-        return out
+        return {name: logits.softmax(1) for name, logits in self.model(h, recover(h, self.settings)).items()}
+
+    @staticmethod
+    def decide(scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Decision-level fusion (eqs. 9-11) of the three streams' scores."""
+        return fuse_decisions(scores["recovered"], scores["fused"], scores["attacked"])
