@@ -149,3 +149,15 @@ def test_singular_value_threshold_gram_path_equals_svd(shape):
     assert torch.allclose(proximal.singular_value_threshold(x, tau), expected, atol=1e-8)
     got32 = proximal.singular_value_threshold(x.float(), tau.float())
     assert torch.allclose(got32.double(), expected, atol=1e-4)
+
+
+def test_adaptive_continuation_helps_small_iteration_budgets():
+    """10 iterations: continuation paced to reach mu beats Lin et al.'s fixed 0.9 (measured 0.39 vs 0.64)."""
+    low, _ = _planted(batch=3, m=16, n=784, rank=3, density=0.0, seed=2)
+
+    def error(**kwargs):
+        result = proximal.robust_pca(low.float(), mu=0.55, tol=0.0, **kwargs)
+        return (torch.linalg.matrix_norm(result.low_rank.double() - low) / torch.linalg.matrix_norm(low)).max()
+
+    assert error(max_iter=10) < 0.8 * error(max_iter=10, eta=0.9)
+    assert error(max_iter=100) < 0.06

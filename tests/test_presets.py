@@ -9,10 +9,10 @@ PRESETS = sorted((Path(__file__).resolve().parents[1] / "strategies").glob("*.to
 
 
 def test_there_are_presets():
-    assert {p.stem for p in PRESETS} >= {"splitfed", "sequential"}
+    assert {p.stem for p in PRESETS} >= {"splitfed", "sequential", "pgsl"}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_is_a_valid_run_config(preset):
     cfg = parse_run_config(parse_config_args([str(preset)]))
-    assert cfg.schedule == preset.stem
+    assert preset.stem in (cfg.schedule, cfg.defense)

@@ -10,8 +10,8 @@ the paper's refs. [30]-[32]). The smooth part f = 1/2||D - L - S||^2 has a
 gradient that is 2-Lipschitz in (L, S) (eq. 6), so each step is a gradient step
 of length 1/2 on a Nesterov extrapolation Y, followed by the proximal maps:
 singular-value thresholding for L and soft-thresholding for S. Continuation
-starts at mu_0 = 0.99 ||D||_2 and shrinks mu by ``eta`` per iteration down to
-the target ``mu``. ``L`` is the recovered signal, ``S`` the sparse pixel attack.
+starts at mu_0 = 0.99 ||D||_2 and shrinks mu geometrically down to the target
+``mu``. ``L`` is the recovered signal, ``S`` the sparse pixel attack.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def robust_pca(
     lam: float | None = None,
     max_iter: int = 100,
     tol: float = 1e-5,
-    eta: float = 0.9,
+    eta: float | None = None,
 ) -> RPCAResult:
     """Split each matrix of ``data`` (B, m, n) or (m, n) into low-rank + sparse.
 
@@ -85,10 +85,16 @@ def robust_pca(
     weighs sparsity against rank (default ``1/sqrt(max(m, n))``). Stops when the
     relative change of (L, S) falls below ``tol`` after continuation has reached
     ``mu``, or after ``max_iter`` iterations. Runs on ``data``'s device and dtype.
+
+    ``eta`` is the continuation factor; by default it is chosen per matrix so
+    that mu reaches its target after half of ``max_iter`` (at most 0.9, Lin et
+    al.'s value): with a fixed factor of 0.9 and few iterations, mu would still
+    be far above the target at the end and the low-rank part heavily shrunk
+    (from mu_0 ~ 110 on MNIST activations, 10 iterations end at mu ~ 38).
     """
     if data.dim() not in (2, 3):
         raise ValueError(f"data: expected (m, n) or (B, m, n), got shape {tuple(data.shape)}")
-    if not (mu > 0 and eta > 0 and eta < 1 and max_iter >= 1):
+    if not (mu > 0 and max_iter >= 1 and (eta is None or 0 < eta < 1)):
         raise ValueError(f"need mu > 0, 0 < eta < 1, max_iter >= 1; got {mu}, {eta}, {max_iter}")
     single = data.dim() == 2
     d = data.unsqueeze(0) if single else data
@@ -96,6 +102,10 @@ def robust_pca(
     lam = default_lambda(m, n) if lam is None else lam
     scale = torch.linalg.matrix_norm(d).clamp_min(torch.finfo(d.dtype).tiny)  # (B,)
     mu_k = torch.clamp_min(0.99 * torch.linalg.matrix_norm(d, ord=2), mu)  # (B,)
+    if eta is None:
+        factor = (mu / mu_k).pow(1.0 / max(max_iter // 2, 1)).clamp(max=0.9)
+    else:
+        factor = torch.full_like(mu_k, eta)
     low, sparse = torch.zeros_like(d), torch.zeros_like(d)
     low_prev, sparse_prev = low, sparse
     t, t_prev = 1.0, 1.0
@@ -114,7 +124,7 @@ def robust_pca(
         low_prev, sparse_prev, low, sparse = low, sparse, new_low, new_sparse
         t_prev, t = t, (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         at_target = bool((mu_k <= mu).all())
-        mu_k = torch.clamp_min(eta * mu_k, mu)
+        mu_k = torch.clamp_min(factor * mu_k, mu)
         if at_target and change < tol:
             break
     converged = change < tol
