@@ -87,7 +87,7 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
     )
     if cfg.defense == "pgsl":
         attacked = attacked_split(
-            data.train_images, data.train_labels, data.holdout_images, data.holdout_labels,
+            data.train_images, data.train_labels, data.holdout_images,
             data.num_classes, attack_settings(cfg, partition_id),
         )
         data = dataclasses.replace(data, attacked=attacked)

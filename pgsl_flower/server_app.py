@@ -39,20 +39,19 @@ def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
     return (Path(cfg.output_dir) / f"{stamp}-{run_id}").resolve()
 
 
-def harness_inputs(
-    cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
+def harness_inputs(cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor) -> torch.Tensor:
     """Client-part inputs for the global test set, built by the evaluation harness.
 
     With PGSL the test images go through the same pixel attack as the clients'
     data, with the harness's own surrogate (same recipe, trained on the first
-    6000 training images), since the server holds none of the clients'.
+    6000 training images), since the server holds none of the clients'. The
+    test labels are not used to build the inputs.
     """
     if cfg.defense != "pgsl":
         return prepare_input(images.float().div_(255.0))
     subset = slice(0, min(HARNESS_SURROGATE_SAMPLES, len(train_set)))
     attacked = attacked_split(
-        train_set.images[subset], train_set.labels[subset], images, labels,
+        train_set.images[subset], train_set.labels[subset], images,
         len(train_set.classes), attack_settings(cfg, salt=HARNESS_SALT),
     )
     return downsample(attacked["other"].float(), attacked["other-map"].float())
@@ -90,7 +89,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         server: ServerModel | PGSLServerModel = PGSLServerModel(cfg, num_classes, device)
     else:
         server = ServerModel(cfg, num_classes, device)
-    test_inputs = harness_inputs(cfg, train_set, test_images, test_labels)
+    test_inputs = harness_inputs(cfg, train_set, test_images)
     smashed_shape = (64, size // 2, size // 2)
     nodes = _wait_for_nodes(grid, cfg.min_available_clients)
     trainer = SplitTrainer(

@@ -161,3 +161,16 @@ def test_adaptive_continuation_helps_small_iteration_budgets():
 
     assert error(max_iter=10) < 0.8 * error(max_iter=10, eta=0.9)
     assert error(max_iter=100) < 0.06
+
+
+def test_client_saliency_uses_the_surrogates_prediction_not_the_label():
+    """The Map channel is model input: built from true labels it would carry them."""
+    model, images, labels = _trained_surrogate()
+    attacked, saliency = pixel_attack.attack(model, images, None, k=6, theta=0.8)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    expected_attacked, expected_map = pixel_attack.attack(model, images, predicted, k=6, theta=0.8)
+    assert torch.equal(attacked, expected_attacked) and torch.equal(saliency, expected_map)
+    wrong = (labels + 1) % 3
+    _, wrong_map = pixel_attack.attack(model, images, wrong, k=6, theta=0.8)
+    assert not torch.equal(wrong_map, saliency)  # the label does shape the map when given

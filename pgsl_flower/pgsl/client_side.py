@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pgsl_flower.pgsl.pixel_attack import attack
 
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: saliency from the surrogate's prediction, not the label
 _BATCH = 256
 
 
@@ -69,12 +69,16 @@ def train_surrogate(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     return model.eval()
 
 
-def attack_images(model: Surrogate, images: torch.Tensor, labels: torch.Tensor, settings: AttackSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attacked images in [0, 1] and their saliency maps (N, 1, H, W), in batches."""
+def attack_images(model: Surrogate, images: torch.Tensor, settings: AttackSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attacked images in [0, 1] and their saliency maps (N, 1, H, W), in batches.
+
+    The class of eq. 1 is the surrogate's prediction, never the true label: the
+    map is an input channel, and a map built from the true label carries it.
+    """
     attacked, maps = [], []
-    for start in range(0, len(labels), _BATCH):
+    for start in range(0, len(images), _BATCH):
         x = images[start : start + _BATCH].float() / 255
-        a, m = attack(model, x, labels[start : start + _BATCH], settings.pixels, settings.theta)
+        a, m = attack(model, x, None, settings.pixels, settings.theta)
         attacked.append(a)
         maps.append(m)
     empty = images.new_zeros((0, *images.shape[1:]), dtype=torch.float32)
@@ -100,15 +104,15 @@ def attacked_split(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
     other_images: torch.Tensor,
-    other_labels: torch.Tensor,
     num_classes: int,
     settings: AttackSettings,
 ) -> dict[str, torch.Tensor]:
-    """Surrogate trained on the training split; attack of both splits. Cached by content.
+    """Surrogate trained on the training split (its labels); attack of both splits
+    (no labels used). Cached by content.
 
     Returns float16 tensors ``train``, ``train-map``, ``other``, ``other-map``.
     """
-    key = _content_key(train_images, train_labels, other_images, other_labels, settings=settings, num_classes=num_classes)
+    key = _content_key(train_images, train_labels, other_images, settings=settings, num_classes=num_classes)
     if key in _memory:
         return _memory[key]
     path = _cache_dir() / f"{key}.pt"
@@ -120,8 +124,8 @@ def attacked_split(
             result = None
     if result is None:
         model = train_surrogate(train_images, train_labels, num_classes, settings)
-        train, train_map = attack_images(model, train_images, train_labels, settings)
-        other, other_map = attack_images(model, other_images, other_labels, settings)
+        train, train_map = attack_images(model, train_images, settings)
+        other, other_map = attack_images(model, other_images, settings)
         result = {"train": train, "train-map": train_map, "other": other, "other-map": other_map}
         result = {k: v.half() for k, v in result.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
