@@ -26,7 +26,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -v --durations=15
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[bench]"
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/proximal.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
