@@ -92,9 +92,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     test_inputs = harness_inputs(cfg, train_set, test_images)
     smashed_shape = (64, size // 2, size // 2)
     nodes = _wait_for_nodes(grid, cfg.min_available_clients)
-    trainer = SplitTrainer(
-        grid, cfg, server, smashed_shape, num_classes, client_template.state_dict()
-    )
+    initial_weights = {k: v.clone() for k, v in client_template.state_dict().items()}
+    trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
     trainer.query_info(nodes)
     nodes = sorted(trainer.train_sizes)
 
@@ -108,7 +107,10 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         },
     )
     writer = MetricsWriter(run_dir)
-    log(INFO, "pgsl-flower: %s, %s, %d clients, %d rounds -> %s", cfg.dataset, cfg.schedule, len(nodes), cfg.num_rounds, run_dir)
+    log(
+        INFO, "pgsl-flower: %s, %s, defense %s, %d clients, %d rounds -> %s",
+        cfg.dataset, cfg.schedule, cfg.defense, len(nodes), cfg.num_rounds, run_dir,
+    )
 
     row: dict = {}
     for round_num in range(1, cfg.num_rounds + 1):
