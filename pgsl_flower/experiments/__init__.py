@@ -1,0 +1,1 @@
+"""Experiments that produce committed results (CSV + PNG), one command each."""
