@@ -126,9 +126,14 @@ class SplitClient:
         self.counter += 1
         return protocol.encode_batch(smashed, labels)
 
+    @property
+    def holdout_count(self) -> int:
+        """Held-out samples evaluated per round ('local-eval-samples', capped by the split)."""
+        return min(self.cfg.local_eval_samples, self.data.holdout_labels.shape[0])
+
     def holdout_batch(self) -> ArrayRecord:
         """Smashed data (eval mode) of the held-out split, capped by 'local-eval-samples'."""
-        indices = torch.arange(min(self.cfg.local_eval_samples, self.data.holdout_labels.shape[0]))
+        indices = torch.arange(self.holdout_count)
         self.model.eval()
         with torch.no_grad():
             smashed = self.model(self.data.inputs(indices, "holdout"))
@@ -218,7 +223,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
         content = message.content
         if protocol.CLIENT_WEIGHTS in content:
             client.load_weights(content[protocol.CLIENT_WEIGHTS])
-        if not min(client.cfg.local_eval_samples, client.data.holdout_labels.shape[0]):
+        if not client.holdout_count:
             return RecordDict()
         return RecordDict({protocol.BATCH: client.holdout_batch()})
 

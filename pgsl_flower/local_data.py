@@ -119,3 +119,22 @@ def batch_indices(num_samples: int, batch_size: int, counter: int, seed: int) ->
 def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     """Full batches in one pass (at least one, smaller, when there are fewer samples)."""
     return max(num_samples // batch_size, 1)
+
+
+#: The evaluation harness trains its own surrogate on the first training images.
+HARNESS_SURROGATE_SAMPLES = 6000
+_HARNESS_SALT = 999_983
+
+
+def harness_attacked(cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``images`` attacked by the evaluation harness (``other``, ``other-map``).
+
+    The harness holds none of the clients' surrogates, so it trains its own with
+    the same recipe on the first 6000 training images; the labels of ``images``
+    are not used.
+    """
+    subset = slice(0, min(HARNESS_SURROGATE_SAMPLES, len(train_set)))
+    return attacked_split(
+        train_set.images[subset], train_set.labels[subset], images,
+        len(train_set.classes), attack_settings(cfg, salt=_HARNESS_SALT),
+    )

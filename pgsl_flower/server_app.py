@@ -20,17 +20,14 @@ from flwr.serverapp import Grid, ServerApp
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.data import ImageDataset
-from pgsl_flower.local_data import attack_settings, load_datasets
+from pgsl_flower.local_data import harness_attacked, load_datasets
 from pgsl_flower.metrics import MetricsWriter, write_json
 from pgsl_flower.model import ClientNet, prepare_input, resolve_device
-from pgsl_flower.pgsl.client_side import attacked_split
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
 from pgsl_flower.strategy import ServerModel, SplitTrainer
 
 NODE_WAIT_SECONDS = 600.0
-HARNESS_SURROGATE_SAMPLES = 6000
-HARNESS_SALT = 999_983
 
 
 def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
@@ -43,17 +40,11 @@ def harness_inputs(cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor
     """Client-part inputs for the global test set, built by the evaluation harness.
 
     With PGSL the test images go through the same pixel attack as the clients'
-    data, with the harness's own surrogate (same recipe, trained on the first
-    6000 training images), since the server holds none of the clients'. The
-    test labels are not used to build the inputs.
+    data (:func:`harness_attacked`).
     """
     if cfg.defense != "pgsl":
         return prepare_input(images.float().div_(255.0))
-    subset = slice(0, min(HARNESS_SURROGATE_SAMPLES, len(train_set)))
-    attacked = attacked_split(
-        train_set.images[subset], train_set.labels[subset], images,
-        len(train_set.classes), attack_settings(cfg, salt=HARNESS_SALT),
-    )
+    attacked = harness_attacked(cfg, train_set, images)
     return downsample(attacked["other"].float(), attacked["other-map"].float())
 
 

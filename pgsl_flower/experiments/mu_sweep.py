@@ -22,21 +22,17 @@ import numpy as np
 import torch
 
 from pgsl_flower.config import RunConfig
-from pgsl_flower.local_data import attack_settings, load_datasets
-from pgsl_flower.pgsl.client_side import attacked_split
+from pgsl_flower.local_data import harness_attacked, load_datasets
 from pgsl_flower.pgsl.proximal import robust_pca
 
 MUS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
-HARNESS_SURROGATE_SAMPLES = 6000
 
 
 def attacked_test_images(cfg: RunConfig, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, attacked) test images in [0, 1], (N, H, W)."""
     train, test = load_datasets(cfg)
-    subset = slice(0, min(HARNESS_SURROGATE_SAMPLES, len(train)))
     images = test.images[:count]
-    attacked = attacked_split(train.images[subset], train.labels[subset], images, len(train.classes),
-                              attack_settings(cfg, salt=999_983))["other"].float()
+    attacked = harness_attacked(cfg, train, images)["other"].float()
     return images[:, 0].float() / 255, attacked[:, 0]
 
 
