@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NUM_CLIENTS ?= 10
+PRESET ?= strategies/pgsl.toml
 RUN_CONFIG ?=
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export HF_DATASETS_OFFLINE := 1
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m pgsl_flower --num-clients $(NUM_CLIENTS) $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+	$(BIN)/python -m pgsl_flower --num-clients $(NUM_CLIENTS) $(if $(PRESET),-c $(PRESET)) $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -v --durations=15

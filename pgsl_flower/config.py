@@ -17,7 +17,9 @@ DATASETS = ("mnist", "mias")
 SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
-DEFENSES = ("none", "pgsl")
+DEFENSES = ("none", "pixel-attack", "pgsl")
+#: Defenses whose client input is the intentional pixel attack + saliency channel.
+PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 
 
 class ConfigError(ValueError):
@@ -50,8 +52,11 @@ class RunConfig:
     output_dir: str = "outputs"
     max_payload_mb: float = 64.0
     min_available_clients: int = 1
+    fraction_train: float = 1.0  # share of the connected clients sampled to train each round
+    min_train_clients: int = 1  # ... but at least this many (capped by the clients connected)
     reply_timeout: float = 600.0  # seconds to wait for one client reply before dropping it
-    defense: str = "none"  # none | pgsl
+    # none | pixel-attack (PGSL's client side alone, plain server: Table II baseline) | pgsl
+    defense: str = "none"
     pgsl_mu: float = 0.55  # final relaxation weight of the proximal step (paper Fig. 3)
     pgsl_lambda: float = 0.0  # sparsity weight; 0: 1/sqrt(max(m, n))
     pgsl_max_iter: int = 10
@@ -75,6 +80,7 @@ class RunConfig:
             ("batches-per-round", 0),
             ("client-sync-every", 0),
             ("min-available-clients", 1),
+            ("min-train-clients", 1),
             ("image-size", 0),
             ("pgsl-max-iter", 1),
             ("attack-pixels", 0),
@@ -95,6 +101,8 @@ class RunConfig:
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.fraction_train) and 0.0 < self.fraction_train <= 1.0):
+            raise ConfigError(f"run-config 'fraction-train' must be in (0, 1], got {self.fraction_train!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(
                 f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"
@@ -106,6 +114,11 @@ class RunConfig:
         if self.image_size:
             return self.image_size
         return 28 if self.dataset == "mnist" else 128
+
+    @property
+    def pixel_attacked(self) -> bool:
+        """Whether clients feed the pixel-attacked images and saliency maps to their part."""
+        return self.defense in PIXEL_ATTACK_DEFENSES
 
     @property
     def max_payload_bytes(self) -> int:

@@ -25,7 +25,7 @@ from pgsl_flower.pgsl.resampling import downsample
 class LocalData:
     """One client's training and held-out images (uint8) and labels.
 
-    With the PGSL defense, ``attacked`` holds the pixel-attacked images and
+    With PGSL (or its client side alone), ``attacked`` holds the pixel-attacked images and
     saliency maps of both splits, and the model input is built from those.
     """
 
@@ -85,7 +85,7 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
         holdout_labels=train.labels[held],
         num_classes=len(train.classes),
     )
-    if cfg.defense == "pgsl":
+    if cfg.pixel_attacked:
         attacked = attacked_split(
             data.train_images, data.train_labels, data.holdout_images,
             data.num_classes, attack_settings(cfg, partition_id),

@@ -18,13 +18,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from pgsl_flower.config import RunConfig, parse_run_config
-from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.data import ImageDataset
+from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.local_data import harness_attacked, load_datasets
 from pgsl_flower.metrics import MetricsWriter, write_json
 from pgsl_flower.model import ClientNet, prepare_input, resolve_device
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
+from pgsl_flower.sampling import sample_clients
 from pgsl_flower.strategy import ServerModel, SplitTrainer
 
 NODE_WAIT_SECONDS = 600.0
@@ -39,10 +40,10 @@ def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
 def harness_inputs(cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor) -> torch.Tensor:
     """Client-part inputs for the global test set, built by the evaluation harness.
 
-    With PGSL the test images go through the same pixel attack as the clients'
-    data (:func:`harness_attacked`).
+    With PGSL (or ``pixel-attack``) the test images go through the same pixel
+    attack as the clients' data (:func:`harness_attacked`).
     """
-    if cfg.defense != "pgsl":
+    if not cfg.pixel_attacked:
         return prepare_input(images.float().div_(255.0))
     attacked = harness_attacked(cfg, train_set, images)
     return downsample(attacked["other"].float(), attacked["other-map"].float())
@@ -106,14 +107,15 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     row: dict = {}
     for round_num in range(1, cfg.num_rounds + 1):
         round_start = time.perf_counter()
-        stats = trainer.train_round(nodes, round_num)
+        sampled = sample_clients(nodes, cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
+        stats = trainer.train_round(sampled, round_num)
         client_template.load_state_dict(trainer.client_weights)
         client_template.to(device)
         test = evaluate_split(client_template, server, test_inputs, test_labels, device=device)
         test_loss, test_acc = test["loss"], test["accuracy"]
         client_template.cpu()
-        local = trainer.evaluate_clients([n for n in nodes if n not in stats.failed], round_num)
-        active = len(nodes) - len(stats.failed)
+        local = trainer.evaluate_clients([n for n in sampled if n not in stats.failed], round_num)
+        active = len(sampled) - len(stats.failed)
         row = {
             "round": round_num,
             "clients": active,
@@ -126,12 +128,12 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "train_loss": round(stats.train_loss, 6),
             "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
             "samples": stats.samples,
-            "messages_per_client": stats.messages // max(len(nodes), 1),
+            "messages_per_client": stats.messages // max(len(sampled), 1),
             "train_seconds": round(stats.train_seconds, 3),
             "round_seconds": round(time.perf_counter() - round_start, 3),
             "wall_seconds": round(time.perf_counter() - started, 3),
-            "bytes_up_per_client": stats.bytes_up // max(len(nodes), 1),
-            "bytes_down_per_client": stats.bytes_down // max(len(nodes), 1),
+            "bytes_up_per_client": stats.bytes_up // max(len(sampled), 1),
+            "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
         }
         writer.append(row)
         if f"acc_{STREAMS[0]}" in test:
@@ -154,6 +156,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         "rounds": cfg.num_rounds,
         "clients": len(nodes),
         "final_test_accuracy": row.get("test_accuracy"),
+        **{f"final_test_acc_{name}": row[f"test_acc_{name}"] for name in STREAMS if row.get(f"test_acc_{name}") not in ("", None)},
         "wall_seconds": round(time.perf_counter() - started, 3),
         "train_samples": sum(trainer.train_sizes.values()),
     }

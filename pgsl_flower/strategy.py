@@ -155,12 +155,17 @@ class SplitTrainer:
         log(WARNING, "node %s dropped for this round: %s", node, reason)
         stats.failed.append(node)
 
-    def _check_quorum(self, alive: Iterable[int]) -> None:
+    def _check_quorum(self, alive: Iterable[int], sampled: int | None = None) -> None:
+        """Stop below ``min-available-clients`` (or below all ``sampled`` clients, if fewer)."""
         count = len(list(alive))
-        if count < self.cfg.min_available_clients:
+        required = self.cfg.min_available_clients
+        if sampled is not None:
+            required = min(required, sampled)
+        if count < required:
             raise RuntimeError(
                 f"only {count} client(s) left in the round, fewer than run-config "
                 f"'min-available-clients' = {self.cfg.min_available_clients}"
+                + (f" (of {sampled} sampled)" if sampled is not None else "")
             )
 
     def query_info(self, nodes: Sequence[int]) -> None:
@@ -270,7 +275,7 @@ class SplitTrainer:
             self.client_weights = fedavg([s for s, _ in collected], [n for _, n in collected])
 
     def train_round(self, nodes: Sequence[int], round_num: int) -> RoundStats:
-        """One round of the configured schedule over ``nodes``.
+        """One round of the configured schedule over ``nodes`` (the clients sampled for it).
 
         SplitFed averages the client parts at the round's end, and every
         ``client-sync-every`` steps within it when that is > 0.
@@ -289,7 +294,7 @@ class SplitTrainer:
                 }
                 group = f"round-{round_num}.step-{first}"
                 self._aggregate(self._pipeline(steps, group, stats), stats)
-                self._check_quorum(n for n in nodes if n not in stats.failed)
+                self._check_quorum((n for n in nodes if n not in stats.failed), len(nodes))
         else:
             order = list(nodes)
             random.Random(self.cfg.seed * 7919 + round_num).shuffle(order)
@@ -298,7 +303,7 @@ class SplitTrainer:
                 collected = self._collect_weights(finals, stats)
                 if collected:  # a failed client passes the weights on unchanged
                     self.client_weights = collected[0][0]
-            self._check_quorum(n for n in order if n not in stats.failed)
+            self._check_quorum((n for n in order if n not in stats.failed), len(nodes))
         stats.train_seconds = time.perf_counter() - started
         stats.bytes_up = self.courier.bytes_up - before[0]
         stats.bytes_down = self.courier.bytes_down - before[1]

@@ -35,6 +35,10 @@ def test_parse_accepts_defaults_and_overrides():
         ("image-size", 7, "'image-size'"),
         ("batch-size", "64", "'batch-size' must be a int"),
         ("batch-size", True, "'batch-size'"),
+        ("fraction-train", 0.0, "'fraction-train' must be in"),
+        ("fraction-train", 1.5, "'fraction-train' must be in"),
+        ("min-train-clients", 0, "'min-train-clients' must be >= 1"),
+        ("defense", "noise", "'defense' must be one of"),
         ("no-such-key", 1, "unknown run-config key 'no-such-key'"),
     ],
 )

@@ -1,8 +1,11 @@
 import math
 
+import pandas as pd
+import pytest
 import torch
 
 from pgsl_flower.config import RunConfig
+from pgsl_flower.experiments import table2
 from pgsl_flower.experiments.mu_sweep import MUS, attacked_test_images, sweep
 
 
@@ -18,3 +21,36 @@ def test_mu_sweep_on_a_few_real_attacked_images(tmp_path, monkeypatch):
     assert all(math.isfinite(r["mse_mean"]) and r["mse_mean"] >= 0 for r in rows)
     assert rows[0]["attacked_mse_mean"] == float(((attacked - clean) ** 2).mean(dim=(1, 2)).mean())
     assert torch.all(attacked >= 0) and torch.all(attacked <= 1)
+
+
+@pytest.mark.slow
+def test_table2_runs_cells_records_failures_resumes_and_renders(tmp_path, monkeypatch):
+    """Two real cells (pixel-attack, pgsl) on small MNIST, plus a cell whose config is invalid."""
+    monkeypatch.setenv("PGSL_CACHE_DIR", str(tmp_path / "cache"))
+    small = {"samples-per-client": 300, "num-rounds": 1, "batch-size": 32, "test-samples": 300,
+             "local-eval-samples": 16}
+    monkeypatch.setattr(table2, "SETTINGS", {"mnist": (2, small), "mias": (2, {"batch-size": 0})})
+    out = tmp_path / "table2"
+    args = ["--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--seeds", "1"]
+    assert table2.main([*args, "--datasets", "mias", "mnist", "--defenses", "pixel-attack", "pgsl"]) == 0
+
+    runs = pd.read_csv(out / "runs.csv")
+    failed = runs[runs.dataset == "mias"]
+    assert (failed.status == "failed").all() and failed.error.str.contains("'batch-size'").all()
+    ok = runs[runs.dataset == "mnist"].set_index("defense")
+    assert (ok.status == "ok").all() and set(ok.index) == {"pixel-attack", "pgsl"}
+    for column in ("final_test_acc_recovered", "final_test_acc_fused", "final_test_acc_attacked"):
+        assert 0.0 <= ok.loc["pgsl", column] <= 1.0
+    assert pd.isna(ok.loc["pixel-attack", "final_test_acc_fused"])  # one stream only
+
+    table = pd.read_csv(out / "table2.csv")
+    assert list(table.row) == [label for label, defense, _ in table2.ROWS if defense != "none"]
+    fusion = table[table.row == "PGSL decision fusion"].iloc[0]
+    assert fusion.accuracy_mean == pytest.approx(100 * ok.loc["pgsl", "final_test_accuracy"], abs=0.01)
+    assert fusion.paper == 99.8
+    assert (out / "table2.png").stat().st_size > 0 and "PGSL decision fusion" in (out / "table2.md").read_text()
+
+    before = (out / "runs.csv").stat().st_mtime_ns
+    monkeypatch.setattr(table2, "SETTINGS", {"mnist": (2, small), "mias": (2, {"batch-size": 16})})
+    assert table2.main([*args, "--datasets", "mnist", "--defenses", "pixel-attack", "pgsl"]) == 0
+    assert (out / "runs.csv").stat().st_mtime_ns == before  # finished cells are not rerun

@@ -1,0 +1,155 @@
+"""Scale benchmark: wall time per round, samples/s and peak memory against the client count.
+
+Each client count runs as its own ``python -m pgsl_flower`` process (a fresh Ray
+instance): MNIST, Dirichlet(alpha) partitions of the full training set over N
+virtual clients, ``--batches-per-round`` batches per sampled client per round.
+Peak memory is the largest sum, over the run's whole process tree (driver,
+Ray's GCS, raylet, workers), of each process's proportional set size (PSS,
+from ``/proc/<pid>/smaps_rollup``: shared pages are split between the
+processes that share them, so nothing is counted twice), sampled every 0.25 s.
+
+    python benchmarks/scale.py                         # N = 10 50 100 200, CPU
+    python benchmarks/scale.py --device cuda           # server step on the GPU
+    python benchmarks/scale.py --clients 200 --run-config "defense='pgsl'"
+
+Round time is the median over rounds 2.. (round 1 pays Ray's and the data's
+warm-up); samples/s is training samples over training seconds in those rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def tree_pss_bytes(root: int) -> int:
+    """Sum of PSS over ``root`` and all its descendants (Linux /proc)."""
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue  # exited between listing and reading
+        stack.extend(_children(pid))
+    return total
+
+
+class PeakMemory(threading.Thread):
+    """Polls the process tree's PSS until stopped; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, tree_pss_bytes(self.pid))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def run_once(num_clients: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    run_dir = workdir / f"n{num_clients}"
+    config = (
+        f"partitioner='dirichlet' alpha={args.alpha} samples-per-client=0 num-rounds={args.rounds} "
+        f"batches-per-round={args.batches_per_round} fraction-train={args.fraction_train} "
+        f"test-samples={args.test_samples} local-eval-samples=32 device='{args.device}' "
+        f"min-available-clients=1 {args.run_config}"
+    )
+    command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(num_clients),
+               "--run-dir", str(run_dir), "--run-config", config]
+    if args.client_gpus:
+        command += ["--client-gpus", str(args.client_gpus)]
+    log = (workdir / f"n{num_clients}.log").open("w")
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    monitor = PeakMemory(process.pid)
+    monitor.start()
+    try:
+        code = process.wait()
+    finally:
+        peak = monitor.stop()
+        log.close()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"N={num_clients} failed (exit {code}); log: {log.name}")
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    steady = rows[1:] or rows
+    return {
+        "clients": num_clients,
+        "sampled": int(steady[-1]["clients"]),
+        "round_s": statistics.median(float(r["round_seconds"]) for r in steady),
+        "samples_per_s": sum(int(r["samples"]) for r in steady) / sum(float(r["train_seconds"]) for r in steady),
+        "peak_gib": peak / 2**30,
+        "wall_s": wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100, 200])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches-per-round", type=int, default=2)
+    parser.add_argument("--fraction-train", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--test-samples", type=int, default=1000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--client-gpus", type=float, default=0.0)
+    parser.add_argument("--run-config", default="", help="extra 'key=value ...' for every run")
+    parser.add_argument("--keep", type=Path, default=None, help="keep run folders and logs here")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="pgsl-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for num_clients in args.clients:
+        result = run_once(num_clients, args, workdir)
+        results.append(result)
+        print(f"N={num_clients}: {result}", flush=True)
+
+    base = results[0]
+    print(f"\nscale benchmark ({args.device}, {args.batches_per_round} batches/client/round, "
+          f"fraction-train {args.fraction_train}, median of rounds 2..{args.rounds}):")
+    print(f"{'N':>5} {'sampled':>7} {'round s':>8} {'x':>6} {'samples/s':>10} {'x':>6} {'peak GiB':>9} {'x':>6}")
+    for r in results:
+        print(f"{r['clients']:>5} {r['sampled']:>7} {r['round_s']:>8.1f} {r['round_s'] / base['round_s']:>6.2f} "
+              f"{r['samples_per_s']:>10.1f} {r['samples_per_s'] / base['samples_per_s']:>6.2f} "
+              f"{r['peak_gib']:>9.2f} {r['peak_gib'] / base['peak_gib']:>6.2f}")
+    print(f"(x: ratio to N={base['clients']}; outputs in {workdir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
