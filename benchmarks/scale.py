@@ -11,6 +11,7 @@ processes that share them, so nothing is counted twice), sampled every 0.25 s.
     python benchmarks/scale.py                         # N = 10 50 100 200, CPU
     python benchmarks/scale.py --device cuda           # server step on the GPU
     python benchmarks/scale.py --clients 200 --run-config "defense='pgsl'"
+    python benchmarks/scale.py --baseline "max-in-flight=0"   # before/after the in-flight cap
 
 Round time is the median over rounds 2.. (round 1 pays Ray's and the data's
 warm-up); samples/s is training samples over training seconds in those rounds.
@@ -78,19 +79,19 @@ class PeakMemory(threading.Thread):
         return self.peak
 
 
-def run_once(num_clients: int, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    run_dir = workdir / f"n{num_clients}"
+def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: str = "", tag: str = "") -> dict[str, float]:
+    run_dir = workdir / f"n{num_clients}{tag}"
     config = (
         f"partitioner='dirichlet' alpha={args.alpha} samples-per-client=0 num-rounds={args.rounds} "
         f"batches-per-round={args.batches_per_round} fraction-train={args.fraction_train} "
         f"test-samples={args.test_samples} local-eval-samples=32 device='{args.device}' "
-        f"min-available-clients=1 {args.run_config}"
+        f"min-available-clients=1 {args.run_config} {extra}"
     )
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(num_clients),
                "--run-dir", str(run_dir), "--run-config", config]
     if args.client_gpus:
         command += ["--client-gpus", str(args.client_gpus)]
-    log = (workdir / f"n{num_clients}.log").open("w")
+    log = (workdir / f"n{num_clients}{tag}.log").open("w")
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     monitor = PeakMemory(process.pid)
@@ -127,14 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--client-gpus", type=float, default=0.0)
     parser.add_argument("--run-config", default="", help="extra 'key=value ...' for every run")
+    parser.add_argument("--baseline", default="", help="also run with these 'key=value' overrides, side by side")
+    parser.add_argument("--baseline-clients", type=int, nargs="+", default=[10, 200],
+                        help="client counts that get the --baseline run too")
     parser.add_argument("--keep", type=Path, default=None, help="keep run folders and logs here")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="pgsl-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, baselines = [], {}
     for num_clients in args.clients:
+        if args.baseline and num_clients in args.baseline_clients:
+            baselines[num_clients] = run_once(num_clients, args, workdir, args.baseline, tag="-baseline")
+            print(f"N={num_clients} baseline ({args.baseline}): {baselines[num_clients]}", flush=True)
         result = run_once(num_clients, args, workdir)
         results.append(result)
         print(f"N={num_clients}: {result}", flush=True)
@@ -148,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['samples_per_s']:>10.1f} {r['samples_per_s'] / base['samples_per_s']:>6.2f} "
               f"{r['peak_gib']:>9.2f} {r['peak_gib'] / base['peak_gib']:>6.2f}")
     print(f"(x: ratio to N={base['clients']}; outputs in {workdir})")
+    for num_clients, before in baselines.items():
+        after = next(r for r in results if r["clients"] == num_clients)
+        print(f"N={num_clients}: round s {before['round_s']:.1f} with '{args.baseline}' -> {after['round_s']:.1f} "
+              f"(speed-up x{before['round_s'] / after['round_s']:.2f}); peak GiB {before['peak_gib']:.2f} -> "
+              f"{after['peak_gib']:.2f}")
     return 0
 
 

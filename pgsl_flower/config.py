@@ -54,6 +54,7 @@ class RunConfig:
     min_available_clients: int = 1
     fraction_train: float = 1.0  # share of the connected clients sampled to train each round
     min_train_clients: int = 1  # ... but at least this many (capped by the clients connected)
+    max_in_flight: int = 8  # requests out to clients at once (0: all); see SplitTrainer._pipeline
     reply_timeout: float = 600.0  # seconds to wait for one client reply before dropping it
     # none | pixel-attack (PGSL's client side alone, plain server: Table II baseline) | pgsl
     defense: str = "none"
@@ -81,6 +82,7 @@ class RunConfig:
             ("client-sync-every", 0),
             ("min-available-clients", 1),
             ("min-train-clients", 1),
+            ("max-in-flight", 0),
             ("image-size", 0),
             ("pgsl-max-iter", 1),
             ("attack-pixels", 0),

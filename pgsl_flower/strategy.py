@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -131,6 +132,7 @@ class SplitTrainer:
         self.train_sizes: dict[int, int] = {}
         self.partitions: dict[int, int] = {}  # node id -> partition id (for logs and tests)
         self.courier = Courier(grid, cfg.reply_timeout)
+        self.window = cfg.max_in_flight or float("inf")  # requests out at once
 
     # -- messaging -------------------------------------------------------------------------
     def _reply(self, node: int, message_id: str, stats: RoundStats) -> Message | None:
@@ -147,9 +149,17 @@ class SplitTrainer:
         self, contents: Mapping[int, RecordDict], message_type: str, group: str, stats: RoundStats
     ) -> dict[int, Message]:
         """Send one message per node, wait for all replies; failed nodes are dropped."""
-        ids = {node: self.courier.push(node, c, message_type, group) for node, c in contents.items()}
-        replies = {node: self._reply(node, message_id, stats) for node, message_id in ids.items()}
-        return {node: reply for node, reply in replies.items() if reply is not None}
+        pending = deque(contents.items())
+        flight: deque[tuple[int, str]] = deque()
+        replies: dict[int, Message] = {}
+        while pending or flight:
+            while pending and len(flight) < self.window:
+                node, content = pending.popleft()
+                flight.append((node, self.courier.push(node, content, message_type, group)))
+            node, message_id = flight.popleft()
+            if (reply := self._reply(node, message_id, stats)) is not None:
+                replies[node] = reply
+        return replies
 
     def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
         log(WARNING, "node %s dropped for this round: %s", node, reason)
@@ -215,9 +225,13 @@ class SplitTrainer:
         """Train each node for ``steps[node]`` batches from the global client weights.
 
         The server handles batches in a fixed order (step by step, nodes in the
-        given order), so the result does not depend on reply timing; but as soon
-        as node i's batch is done, node i gets its gradient and computes its next
-        batch while the server works on the other nodes' batches.
+        given order), so the result does not depend on reply timing. Up to
+        ``max-in-flight`` requests are out at once: node i gets its gradient and
+        the request for its next batch while the server still works on the
+        batches of the nodes before it in the queue, so clients compute in
+        parallel with the server. The cap matters at large N: Flower's
+        simulation engine scans every stored message for every node it polls,
+        so its cost grows with N times the messages in flight.
         Returns each surviving node's final reply (holding its client weights).
         """
         nodes = list(steps)
@@ -234,22 +248,27 @@ class SplitTrainer:
                 content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grad)})
             return self.courier.push(node, content, protocol.TRAIN_STEP, group)
 
-        in_flight = {node: send(node, 0, None) for node in nodes}
+        # Round robin: a node goes back to the end of the queue after each batch.
+        pending: deque[tuple[int, torch.Tensor | None]] = deque((node, None) for node in nodes)
+        flight: deque[tuple[int, str]] = deque()
         step_of = dict.fromkeys(nodes, 0)
         done: dict[int, Message] = {}
-        while in_flight:
-            for node in [n for n in nodes if n in in_flight]:
-                reply = self._reply(node, in_flight.pop(node), stats)
-                if reply is None:
-                    continue
-                if step_of[node] >= steps[node]:
-                    done[node] = reply  # the closing reply, with the client's weights
-                    continue
-                grad = self._server_step(node, reply, stats)
-                if grad is None:
-                    continue
-                step_of[node] += 1
-                in_flight[node] = send(node, step_of[node], grad)
+        while pending or flight:
+            while pending and len(flight) < self.window:
+                node, grad = pending.popleft()
+                flight.append((node, send(node, step_of[node], grad)))
+            node, message_id = flight.popleft()
+            reply = self._reply(node, message_id, stats)
+            if reply is None:
+                continue
+            if step_of[node] >= steps[node]:
+                done[node] = reply  # the closing reply, with the client's weights
+                continue
+            grad = self._server_step(node, reply, stats)
+            if grad is None:
+                continue
+            step_of[node] += 1
+            pending.append((node, grad))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:

@@ -56,7 +56,8 @@ def _logits(client_state: dict, server_state: dict, images: torch.Tensor) -> tor
 
 
 @pytest.mark.slow
-def test_splitfed_simulation_matches_in_process_reference(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_in_flight", [0, 2])  # all 3 clients in flight; a window of 2
+def test_splitfed_simulation_matches_in_process_reference(tmp_path, monkeypatch, max_in_flight):
     """Same model as the reference in the server's processing order; not in another order.
 
     Dropout draws from the server process's global RNG, which Flower's threads
@@ -66,7 +67,7 @@ def test_splitfed_simulation_matches_in_process_reference(tmp_path, monkeypatch)
     """
     monkeypatch.setattr(pgsl_flower.model, "DROPOUT", 0.0)
     cfg = RunConfig(num_rounds=1, samples_per_client=150, batch_size=32, local_eval_samples=0,
-                    test_samples=100, seed=5)
+                    test_samples=100, seed=5, max_in_flight=max_in_flight)
     simulate(cfg, num_clients=3, run_dir=tmp_path)
     final = torch.load(tmp_path / "final_model.pt")
     order = json.loads((tmp_path / "config.json").read_text())["partition-order"]
