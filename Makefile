@@ -11,7 +11,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test bench install clean
+.PHONY: run test bench bench-scale install clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[bench]"
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/proximal.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --baseline "max-in-flight=0" --rounds 3 --batches-per-round 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

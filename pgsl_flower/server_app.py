@@ -156,7 +156,11 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         "rounds": cfg.num_rounds,
         "clients": len(nodes),
         "final_test_accuracy": row.get("test_accuracy"),
-        **{f"final_test_acc_{name}": row[f"test_acc_{name}"] for name in STREAMS if row.get(f"test_acc_{name}") not in ("", None)},
+        **{  # PGSL: each stream's final accuracy
+            f"final_test_acc_{name}": row[f"test_acc_{name}"]
+            for name in STREAMS
+            if row.get(f"test_acc_{name}") not in ("", None)
+        },
         "wall_seconds": round(time.perf_counter() - started, 3),
         "train_samples": sum(trainer.train_sizes.values()),
     }
