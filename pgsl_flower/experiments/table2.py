@@ -154,7 +154,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(table.dataset.unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         part = table[table.dataset == dataset]
         y = range(len(part))
@@ -164,7 +164,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(dataset)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
