@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100, 200])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batches-per-round", type=int, default=2)
+    parser.add_argument("--batches-per-round", type=int, default=1)
     parser.add_argument("--fraction-train", type=float, default=1.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--test-samples", type=int, default=1000)
