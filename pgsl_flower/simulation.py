@@ -63,6 +63,8 @@ def simulate(
     cfg = config if isinstance(config, RunConfig) else parse_run_config(config or {})
     preflight(cfg, num_clients)
     target = Path(run_dir).resolve() if run_dir else new_run_dir(cfg, f"sim-n{num_clients}-s{cfg.seed}")
+    summary_path = target / "summary.json"
+    summary_path.unlink(missing_ok=True)  # a reused folder's old summary must not pass for this run's
     run_simulation(
         server_app=build_server_app(cfg, target),
         client_app=client_app or build_client_app(cfg),
@@ -73,7 +75,6 @@ def simulate(
         },
         verbose_logging=verbose,
     )
-    summary_path = target / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
     return json.loads(summary_path.read_text())
