@@ -26,7 +26,7 @@ from flwr.clientapp.typing import Mod
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.local_data import LocalData, batch_indices, local_data
-from pgsl_flower.model import ClientNet, decayed_lr, make_optimizer, set_lr
+from pgsl_flower.model import ClientNet, decayed_step, make_optimizer
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
@@ -111,8 +111,7 @@ class SplitClient:
             )
             self.optimizer.zero_grad(set_to_none=True)
             smashed.backward(grad)
-        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.pending))
-        self.optimizer.step()
+        decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.pending)
         self.pending = -1
 
     def forward_next(self) -> ArrayRecord:

@@ -118,9 +118,11 @@ def decayed_lr(lr: float, decay: float, steps_taken: int) -> float:
     return lr / (1.0 + decay * steps_taken)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def decayed_step(optimizer: torch.optim.Optimizer, lr: float, decay: float, steps_taken: int) -> None:
+    """``optimizer.step()`` at the learning rate :func:`decayed_lr` gives for ``steps_taken``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = decayed_lr(lr, decay, steps_taken)
+    optimizer.step()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -35,7 +35,7 @@ from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig
 from pgsl_flower.evaluation import score_smashed
 from pgsl_flower.local_data import batches_per_epoch
-from pgsl_flower.model import ServerNet, decayed_lr, make_optimizer, set_lr
+from pgsl_flower.model import ServerNet, decayed_step, make_optimizer
 from pgsl_flower.transport import Courier
 
 
@@ -80,8 +80,7 @@ class ServerModel:
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.steps_taken))
-        self.optimizer.step()
+        decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.steps_taken)
         self.steps_taken += 1
         correct = int((logits.argmax(1) == y).sum())
         return h.grad.detach().cpu(), loss.item() * len(y), correct
@@ -149,17 +148,24 @@ class SplitTrainer:
         self, contents: Mapping[int, RecordDict], message_type: str, group: str, stats: RoundStats
     ) -> dict[int, Message]:
         """Send one message per node, wait for all replies; failed nodes are dropped."""
-        pending = deque(contents.items())
+        return dict(self._replies(deque(contents.items()), message_type, group, stats))
+
+    def _replies(
+        self, pending: deque[tuple[int, RecordDict]], message_type: str, group: str, stats: RoundStats
+    ) -> Iterator[tuple[int, Message]]:
+        """Send the queued ``(node, content)`` pairs, at most ``max-in-flight`` out at
+        once, and yield ``(node, reply)`` in sending order (failed nodes are skipped).
+
+        The caller may append to ``pending`` while iterating.
+        """
         flight: deque[tuple[int, str]] = deque()
-        replies: dict[int, Message] = {}
         while pending or flight:
             while pending and len(flight) < self.window:
                 node, content = pending.popleft()
                 flight.append((node, self.courier.push(node, content, message_type, group)))
             node, message_id = flight.popleft()
             if (reply := self._reply(node, message_id, stats)) is not None:
-                replies[node] = reply
-        return replies
+                yield node, reply
 
     def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
         log(WARNING, "node %s dropped for this round: %s", node, reason)
@@ -237,7 +243,7 @@ class SplitTrainer:
         nodes = list(steps)
         weights = protocol.encode_state(self.client_weights)
 
-        def send(node: int, step: int, grad: torch.Tensor | None) -> str:
+        def request(node: int, step: int, grad: torch.Tensor | None) -> tuple[int, RecordDict]:
             forward = step < steps[node]
             content = RecordDict(
                 {protocol.INSTRUCTIONS: ConfigRecord({"forward": forward, "send-weights": not forward})}
@@ -246,21 +252,13 @@ class SplitTrainer:
                 content[protocol.CLIENT_WEIGHTS] = weights
             if grad is not None:
                 content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grad)})
-            return self.courier.push(node, content, protocol.TRAIN_STEP, group)
+            return node, content
 
         # Round robin: a node goes back to the end of the queue after each batch.
-        pending: deque[tuple[int, torch.Tensor | None]] = deque((node, None) for node in nodes)
-        flight: deque[tuple[int, str]] = deque()
+        pending = deque(request(node, 0, None) for node in nodes)
         step_of = dict.fromkeys(nodes, 0)
         done: dict[int, Message] = {}
-        while pending or flight:
-            while pending and len(flight) < self.window:
-                node, grad = pending.popleft()
-                flight.append((node, send(node, step_of[node], grad)))
-            node, message_id = flight.popleft()
-            reply = self._reply(node, message_id, stats)
-            if reply is None:
-                continue
+        for node, reply in self._replies(pending, protocol.TRAIN_STEP, group, stats):
             if step_of[node] >= steps[node]:
                 done[node] = reply  # the closing reply, with the client's weights
                 continue
@@ -268,7 +266,7 @@ class SplitTrainer:
             if grad is None:
                 continue
             step_of[node] += 1
-            pending.append((node, grad))
+            pending.append(request(node, step_of[node], grad))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:

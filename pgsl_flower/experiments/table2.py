@@ -89,13 +89,12 @@ def run_cells(
     from pgsl_flower.simulation import simulate
 
     path = out / "runs.csv"
+    runs = _load_runs(path)
     for dataset in datasets:
         for seed in seeds:
             for defense in defenses:
-                runs = _load_runs(path)
-                done = runs[(runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed)
-                            & (runs.status == "ok")]
-                if len(done):
+                cell = (runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed)
+                if (runs[cell].status == "ok").any():
                     continue
                 clients = SETTINGS[dataset][0]
                 print(f"table2: {dataset} {defense} seed {seed} ({clients} clients)", flush=True)
@@ -106,17 +105,17 @@ def run_cells(
                     _, cfg = cell_config(dataset, defense, seed)
                     run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
                     summary = simulate(cfg, clients, run_dir=run_dir)
-                    row.update({k: summary.get(k, "") for k in RUN_COLUMNS if k in summary})
+                    row.update({k: summary[k] for k in RUN_COLUMNS if k in summary})
                     row["status"] = "ok"
                 except Exception as err:  # noqa: BLE001 - recorded, the next cell still runs
                     traceback.print_exc()
                     row.update(status="failed", error=f"{type(err).__name__}: {err}")
                 row["wall_seconds"] = round(time.perf_counter() - started, 1)
-                runs = runs[~((runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed))]
-                runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
+                runs = pd.concat([runs[~cell], pd.DataFrame([row])], ignore_index=True)
                 out.mkdir(parents=True, exist_ok=True)
-                runs.reindex(columns=list(RUN_COLUMNS)).to_csv(path, index=False)
-    return _load_runs(path)
+                runs = runs.reindex(columns=list(RUN_COLUMNS))
+                runs.to_csv(path, index=False)
+    return runs
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

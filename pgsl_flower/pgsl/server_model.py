@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pgsl_flower.config import RunConfig
-from pgsl_flower.model import CONV_CHANNELS, ServerNet, decayed_lr, make_optimizer, set_lr
+from pgsl_flower.model import CONV_CHANNELS, ServerNet, decayed_step, make_optimizer
 from pgsl_flower.pgsl.fusion import ConvSumFusion, fuse_decisions
 from pgsl_flower.pgsl.proximal import robust_pca
 
@@ -105,8 +105,7 @@ class PGSLServerModel:
         losses = {name: F.cross_entropy(out, y) for name, out in logits.items()}
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        set_lr(self.optimizer, decayed_lr(self.cfg.lr, self.cfg.lr_decay, self.steps_taken))
-        self.optimizer.step()
+        decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.steps_taken)
         self.steps_taken += 1
         correct = int((logits["fused"].argmax(1) == y).sum())
         return h.grad.detach().cpu(), losses["fused"].item() * len(y), correct
