@@ -25,8 +25,8 @@ from flwr.clientapp.typing import Mod
 
 from pgsl_flower import protocol
 from pgsl_flower.config import RunConfig, parse_run_config
-from pgsl_flower.local_data import LocalData, batch_indices, local_data
-from pgsl_flower.model import ClientNet, decayed_step, make_optimizer
+from pgsl_flower.local_data import LocalData, batch_indices, client_order_seed, local_data
+from pgsl_flower.model import CONV_CHANNELS, ClientNet, decayed_step, make_optimizer
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
@@ -79,13 +79,9 @@ class SplitClient:
         self.counter = int(progress.get("batch-counter", 0))
         self.pending = int(progress.get("pending", -1))  # counter of batch awaiting dL/dh
 
-    @property
-    def _order_seed(self) -> int:
-        return self.cfg.seed * 100_003 + self.partition_id
-
     def _indices(self, counter: int) -> torch.Tensor:
         n = self.data.train_labels.shape[0]
-        return batch_indices(n, self.cfg.batch_size, counter, self._order_seed)
+        return batch_indices(n, self.cfg.batch_size, counter, client_order_seed(self.cfg, self.partition_id))
 
     def load_weights(self, record: ArrayRecord) -> None:
         reference = self.model.state_dict()
@@ -215,6 +211,33 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
                 {"num-train": int(client.data.train_labels.shape[0])}
             )
         return reply
+
+    @client_app.query("attack")
+    @handler
+    def attack(client: SplitClient, message: Message) -> RecordDict:
+        """Only the configured adversarial client answers: reconstruct intercepted smashed data."""
+        from pgsl_flower.attacks.interception import reconstruct_intercepted
+
+        if client.partition_id != client.cfg.adversary:
+            raise PermissionError(
+                f"partition {client.partition_id} is not the adversarial client "
+                f"(run-config 'adversary' = {client.cfg.adversary}); honest clients refuse query.attack"
+            )
+        content = message.content
+        client.load_weights(content[protocol.CLIENT_WEIGHTS])
+        smashed = protocol.array_to_tensor(
+            protocol.require_array(
+                protocol.require_record(content, protocol.INTERCEPTED, ArrayRecord), "h", protocol.INTERCEPTED
+            ),
+            field=f"{protocol.INTERCEPTED}.h",
+            dtype=torch.float32,
+            shape=(None, CONV_CHANNELS, *(side // 2 for side in client.data.train_images.shape[-2:])),
+            max_bytes=client.cfg.max_payload_bytes,
+        )
+        reconstructions = reconstruct_intercepted(client.cfg, client.data, client.model, smashed)
+        return RecordDict({protocol.RECONSTRUCTIONS: ArrayRecord(
+            {name: protocol.tensor_to_array(images) for name, images in reconstructions.items()}
+        )})
 
     @client_app.evaluate()
     @handler

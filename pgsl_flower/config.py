@@ -20,6 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DEFENSES = ("none", "pixel-attack", "pgsl")
 #: Defenses whose client input is the intentional pixel attack + saliency channel.
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
+#: Reconstruction attacks the adversarial client can run on intercepted smashed data.
+SMASHED_DATA_ATTACKS = ("decoder", "gan")
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,12 @@ class RunConfig:
     attack_pixels: int = 10  # k pixels changed by the intentional pixel attack
     attack_theta: float = 0.5  # how much each attacked pixel is raised
     surrogate_epochs: int = 1  # passes to train each client's saliency surrogate
+    adversary: int = -1  # partition id of the adversarial client (-1: none)
+    adversary_attacks: str = "decoder,gan"  # comma-separated, from SMASHED_DATA_ATTACKS
+    adversary_images: int = 64  # intercepted victim images the adversary reconstructs (final round)
+    attack_epochs: int = 20  # decoder-inversion training passes over the adversary's own data
+    gan_steps: int = 1500  # DCGAN generator updates on the adversary's own data
+    attack_steps: int = 200  # latent-optimisation steps of the GAN-prior inversion
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -87,6 +95,11 @@ class RunConfig:
             ("pgsl-max-iter", 1),
             ("attack-pixels", 0),
             ("surrogate-epochs", 1),
+            ("adversary", -1),
+            ("adversary-images", 1),
+            ("attack-epochs", 1),
+            ("attack-steps", 1),
+            ("gan-steps", 1),
         ):
             value = getattr(self, _attr(key))
             if value < low:
@@ -105,6 +118,15 @@ class RunConfig:
                 raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")
         if not (math.isfinite(self.fraction_train) and 0.0 < self.fraction_train <= 1.0):
             raise ConfigError(f"run-config 'fraction-train' must be in (0, 1], got {self.fraction_train!r}")
+        for name in self.attack_names:
+            _check_choice("adversary-attacks", name, SMASHED_DATA_ATTACKS)
+        if not self.attack_names:
+            raise ConfigError("run-config 'adversary-attacks' must name at least one attack")
+        if self.adversary >= 0 and self.schedule != "splitfed":
+            raise ConfigError(
+                "run-config 'adversary' needs schedule 'splitfed' (the adversary attacks with the "
+                f"round's shared client part), got schedule {self.schedule!r}"
+            )
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(
                 f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"
@@ -121,6 +143,11 @@ class RunConfig:
     def pixel_attacked(self) -> bool:
         """Whether clients feed the pixel-attacked images and saliency maps to their part."""
         return self.defense in PIXEL_ATTACK_DEFENSES
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        """The adversarial client's attacks ('adversary-attacks', in order)."""
+        return tuple(name.strip() for name in self.adversary_attacks.split(",") if name.strip())
 
     @property
     def max_payload_bytes(self) -> int:

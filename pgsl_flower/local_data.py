@@ -116,6 +116,11 @@ def batch_indices(num_samples: int, batch_size: int, counter: int, seed: int) ->
     return order[step * batch_size : (step + 1) * batch_size]
 
 
+def client_order_seed(cfg: RunConfig, partition_id: int) -> int:
+    """Seed of a client's batch order (:func:`batch_indices`)."""
+    return cfg.seed * 100_003 + partition_id
+
+
 def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     """Full batches in one pass (at least one, smaller, when there are fewer samples)."""
     return max(num_samples // batch_size, 1)

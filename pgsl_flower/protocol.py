@@ -9,6 +9,10 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
   optional ``batch`` (smashed data ``h`` + labels) and optional ``client-weights``.
 - ``evaluate``     server -> client: ``client-weights``; reply: ``batch`` with the
   smashed data of the client's held-out split.
+- ``query.attack`` server -> the adversarial client only (attack experiments):
+  ``intercepted`` (smashed data of other clients' batches) and the
+  ``client-weights`` they were computed with; reply: ``reconstructions``, one
+  image tensor per attack. Honest clients refuse it.
 
 Raw images never appear in any payload. Each side decodes with
 :func:`array_to_tensor`, which checks dtype, shape, size and finiteness *before*
@@ -26,12 +30,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 TRAIN_STEP = "train.step"
 EVALUATE = "evaluate"
 QUERY_INFO = "query.info"
+QUERY_ATTACK = "query.attack"
 
 BATCH = "batch"
 GRAD = "grad"
 CLIENT_WEIGHTS = "client-weights"
 INSTRUCTIONS = "instructions"
 INFO = "info"
+INTERCEPTED = "intercepted"
+RECONSTRUCTIONS = "reconstructions"
 
 _NUMPY_STYPE = "numpy.ndarray"
 

@@ -9,7 +9,7 @@ line, append a row to ``metrics.csv``.
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from pgsl_flower.attacks.interception import Interceptor, ground_truth, score_reconstructions, write_attack_outputs
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.data import ImageDataset
 from pgsl_flower.evaluation import evaluate_split
@@ -88,6 +89,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
     trainer.query_info(nodes)
     nodes = sorted(trainer.train_sizes)
+    interceptor = _interceptor(cfg, trainer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
@@ -108,6 +110,9 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     for round_num in range(1, cfg.num_rounds + 1):
         round_start = time.perf_counter()
         sampled = sample_clients(nodes, cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
+        if interceptor is not None:
+            interceptor.active = round_num == cfg.num_rounds
+            round_weights = {k: v.clone() for k, v in trainer.client_weights.items()}
         stats = trainer.train_round(sampled, round_num)
         client_template.load_state_dict(trainer.client_weights)
         client_template.to(device)
@@ -151,6 +156,9 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         {"client": trainer.client_weights, "server": server.model.state_dict()},
         run_dir / "final_model.pt",
     )
+    attack_summary = {}
+    if interceptor is not None:
+        attack_summary = _run_adversary(cfg, trainer, interceptor, round_weights, train_set, run_dir, len(nodes))
     summary = {
         "run_dir": str(run_dir),
         "rounds": cfg.num_rounds,
@@ -161,12 +169,48 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             for name in STREAMS
             if row.get(f"test_acc_{name}") not in ("", None)
         },
+        **attack_summary,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "train_samples": sum(trainer.train_sizes.values()),
     }
     write_json(run_dir / "summary.json", summary)
     log(INFO, "pgsl-flower: done, final test accuracy %.4f, outputs in %s", summary["final_test_accuracy"], run_dir)
     return summary
+
+
+def _interceptor(cfg: RunConfig, trainer: SplitTrainer) -> Interceptor | None:
+    """The network tap for the adversarial client, if run-config 'adversary' names one."""
+    if cfg.adversary < 0:
+        return None
+    node = next((n for n, p in trainer.partitions.items() if p == cfg.adversary), None)
+    if node is None:
+        raise RuntimeError(f"run-config 'adversary' = {cfg.adversary}: no connected client has that partition id")
+    interceptor = Interceptor(node, cfg.adversary_images)
+    trainer.tap = interceptor
+    return interceptor
+
+
+def _run_adversary(
+    cfg: RunConfig, trainer: SplitTrainer, interceptor: Interceptor, round_weights: dict[str, torch.Tensor],
+    train_set: ImageDataset, run_dir: Path, num_partitions: int,
+) -> dict[str, float]:
+    """Send the intercepted smashed data to the adversarial client, score its reconstructions."""
+    if not interceptor.batches:
+        log(WARNING, "adversary: nothing was intercepted in the final round (no other client trained)")
+        return {}
+    started = time.perf_counter()
+    smashed = interceptor.smashed()
+    reconstructions = trainer.request_attack(
+        interceptor.adversary_node, smashed, round_weights, tuple(train_set.images.shape[1:]), cfg.attack_names
+    )
+    truth = ground_truth(cfg, interceptor.batches, trainer.partitions, num_partitions, round_weights)
+    scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed)
+    write_attack_outputs(run_dir, reconstructions, truth, scores)
+    for name, values in scores.items():
+        log(INFO, "adversary %s on %d images: MSE %.4f PSNR %.2f dB SSIM %.4f clean-classifier acc %.3f",
+            name, len(truth.labels), values["mse"], values["psnr"], values["ssim"], values["attacker_accuracy"])
+    flat = {f"attack_{name}_{metric}": round(value, 6) for name, values in scores.items() for metric, value in values.items()}
+    return {**flat, "attack_images": len(truth.labels), "attack_seconds": round(time.perf_counter() - started, 3)}
 
 
 def build_server_app(override: RunConfig | None = None, run_dir: Path | None = None) -> ServerApp:

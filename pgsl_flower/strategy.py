@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -132,6 +132,10 @@ class SplitTrainer:
         self.partitions: dict[int, int] = {}  # node id -> partition id (for logs and tests)
         self.courier = Courier(grid, cfg.reply_timeout)
         self.window = cfg.max_in_flight or float("inf")  # requests out at once
+        self.forwards: dict[int, int] = {}  # node -> batches it has sent (its batch counter)
+        #: Called with (node, batch counter, smashed data) for every accepted training
+        #: batch: the network's view, used to model an interceptor (attacks.interception).
+        self.tap: Callable[[int, int, torch.Tensor], None] | None = None
 
     # -- messaging -------------------------------------------------------------------------
     def _reply(self, node: int, message_id: str, stats: RoundStats) -> Message | None:
@@ -208,6 +212,8 @@ class SplitTrainer:
     # -- training --------------------------------------------------------------------------
     def _server_step(self, node: int, reply: Message, stats: RoundStats) -> torch.Tensor | None:
         """Validate a client's batch and run the server step on it; returns dL/dh."""
+        counter = self.forwards.get(node, 0)
+        self.forwards[node] = counter + 1
         try:
             smashed, labels = protocol.decode_batch(
                 reply.content,
@@ -219,6 +225,8 @@ class SplitTrainer:
         except protocol.PayloadError as err:
             self._fail(node, f"rejected payload: {err}", stats)
             return None
+        if self.tap is not None:
+            self.tap(node, counter, smashed)
         grad, loss_sum, correct = self.server.step(smashed, labels)
         stats.loss_sum += loss_sum
         stats.correct += correct
@@ -326,6 +334,35 @@ class SplitTrainer:
         stats.bytes_down = self.courier.bytes_down - before[1]
         stats.messages = self.courier.messages - before[2]
         return stats
+
+    # -- the adversarial client -----------------------------------------------------------
+    def request_attack(
+        self, node: int, smashed: torch.Tensor, weights: Mapping[str, torch.Tensor],
+        image_shape: tuple[int, ...], attacks: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        """Send intercepted smashed data and the client part it was computed with to the
+        adversarial client; returns its validated reconstructions per attack, (M, *image_shape)."""
+        stats = RoundStats()
+        content = RecordDict(
+            {
+                protocol.INTERCEPTED: ArrayRecord({"h": protocol.tensor_to_array(smashed)}),
+                protocol.CLIENT_WEIGHTS: protocol.encode_state(weights),
+            }
+        )
+        replies = self._exchange({node: content}, protocol.QUERY_ATTACK, "attack", stats)
+        if node not in replies:
+            raise RuntimeError(f"the adversarial client (node {node}) failed: {stats.failed}")
+        record = protocol.require_record(replies[node].content, protocol.RECONSTRUCTIONS, ArrayRecord)
+        return {
+            name: protocol.array_to_tensor(
+                protocol.require_array(record, name, protocol.RECONSTRUCTIONS),
+                field=f"{protocol.RECONSTRUCTIONS}.{name}",
+                dtype=torch.float32,
+                shape=(len(smashed), *image_shape),
+                max_bytes=self.cfg.max_payload_bytes,
+            )
+            for name in attacks
+        }
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate_clients(self, nodes: Sequence[int], round_num: int) -> dict[int, float]:

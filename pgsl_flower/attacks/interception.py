@@ -1,0 +1,155 @@
+"""The adversarial client inside a federation, and the harness that scores it.
+
+Interception is modelled explicitly (paper Section III, honest-but-curious):
+
+1. :class:`Interceptor` is the network tap. During the final round it copies the
+   first batch of smashed data each *other* client sends, with that client's
+   batch counter (for scoring only), up to ``adversary-images`` images. The
+   first batch of a SplitFed round is computed with the round's shared client
+   part, which the adversary also received.
+2. After training, the server sends the adversarial client (run-config
+   ``adversary``, a partition id) a ``query.attack`` message holding those
+   smashed tensors and the round's client part, and nothing else.
+   :func:`reconstruct_intercepted` runs on that client, with its own data.
+3. :func:`score_reconstructions` is the evaluation harness: it reads the
+   victims' original images from disk (never through the protocol), checks
+   they reproduce the intercepted smashed data, and scores the reconstructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pgsl_flower.attacks.decoder import DecoderInversion
+from pgsl_flower.attacks.figures import save_grid
+from pgsl_flower.attacks.gan_prior import GANPriorInversion
+from pgsl_flower.attacks.knowledge import AdversaryKnowledge, SmashedDataAttack, images_from_inputs, smashed_in_batches
+from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
+from pgsl_flower.config import RunConfig
+from pgsl_flower.data import ImageDataset
+from pgsl_flower.local_data import LocalData, batch_indices, client_order_seed, local_data
+from pgsl_flower.model import ClientNet
+
+
+@dataclass
+class InterceptedBatch:
+    node: int
+    counter: int  # the victim's batch counter: the harness uses it to find the originals
+    smashed: torch.Tensor
+
+
+@dataclass
+class Interceptor:
+    """Copies the first smashed batch of each victim while ``active`` (the trainer's tap)."""
+
+    adversary_node: int
+    max_images: int
+    active: bool = False
+    batches: list[InterceptedBatch] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(len(b.smashed) for b in self.batches)
+
+    def __call__(self, node: int, counter: int, smashed: torch.Tensor) -> None:
+        if not self.active or node == self.adversary_node or self.images >= self.max_images:
+            return
+        if any(b.node == node for b in self.batches):
+            return
+        keep = min(len(smashed), self.max_images - self.images)
+        self.batches.append(InterceptedBatch(node, counter, smashed[:keep].clone()))
+
+    def smashed(self) -> torch.Tensor:
+        return torch.cat([b.smashed for b in self.batches])
+
+
+def smashed_data_attack(name: str, cfg: RunConfig) -> SmashedDataAttack:
+    """The attack object for an 'adversary-attacks' name."""
+    if name == "decoder":
+        return DecoderInversion(epochs=cfg.attack_epochs)
+    if name == "gan":
+        return GANPriorInversion(train_steps=cfg.gan_steps, steps=cfg.attack_steps)
+    raise ValueError(f"unknown smashed-data attack {name!r}")
+
+
+def adversary_knowledge(cfg: RunConfig, data: LocalData, client: ClientNet) -> AdversaryKnowledge:
+    """The adversary's own clean images and its own pipeline's inputs."""
+    everything = torch.arange(data.train_labels.shape[0])
+    return AdversaryKnowledge(
+        own_images=data.train_images.float() / 255,
+        own_inputs=data.inputs(everything),
+        client=client,
+        map_channel_is_zero=not cfg.pixel_attacked,
+        seed=cfg.seed,
+    )
+
+
+def reconstruct_intercepted(cfg: RunConfig, data: LocalData, client: ClientNet, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run every configured attack on the adversarial client; images in [0, 1]."""
+    knowledge = adversary_knowledge(cfg, data, client)
+    return {name: smashed_data_attack(name, cfg).reconstruct(knowledge, smashed).clamp(0, 1) for name in cfg.attack_names}
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The victims' originals for the intercepted batches (read by the harness)."""
+
+    images: torch.Tensor  # clean, float [0, 1]
+    client_inputs: torch.Tensor  # what the victims fed their client part (attacked under PGSL)
+    labels: torch.Tensor
+
+
+def ground_truth(
+    cfg: RunConfig, batches: list[InterceptedBatch], partitions: dict[int, int], num_partitions: int,
+    client_weights: dict[str, torch.Tensor],
+) -> GroundTruth:
+    """Originals of each intercepted batch, checked against the intercepted smashed data."""
+    images, inputs, labels = [], [], []
+    for batch in batches:
+        partition = partitions[batch.node]
+        data = local_data(cfg, partition, num_partitions)
+        index = batch_indices(data.train_labels.shape[0], cfg.batch_size, batch.counter, client_order_seed(cfg, partition))
+        client_inputs = data.inputs(index)
+        client = ClientNet(data.train_images.shape[1])
+        client.load_state_dict(client_weights)
+        recomputed = smashed_in_batches(client, client_inputs, len(index))[: len(batch.smashed)]
+        if not torch.allclose(recomputed, batch.smashed, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(
+                f"ground truth for node {batch.node} (partition {partition}, batch {batch.counter}) does not "
+                f"reproduce the intercepted smashed data (max diff {float((recomputed - batch.smashed).abs().max()):.3g})"
+            )
+        keep = len(batch.smashed)
+        images.append(data.train_images[index[:keep]].float() / 255)
+        inputs.append(client_inputs[:keep])
+        labels.append(data.train_labels[index[:keep]])
+    return GroundTruth(torch.cat(images), torch.cat(inputs), torch.cat(labels))
+
+
+def score_reconstructions(
+    reconstructions: dict[str, torch.Tensor], truth: GroundTruth, train_set: ImageDataset, seed: int,
+) -> dict[str, dict[str, float]]:
+    """Per attack: MSE / PSNR / SSIM against the clean originals and the clean
+    classifier's accuracy on the reconstructions; ``input`` scores the victims'
+    own client input image for reference, when it differs from the original (pixel-attacked
+    defenses)."""
+    classifier = clean_classifier(train_set, seed)
+    rows = dict(reconstructions)
+    if not torch.equal(images_from_inputs(truth.client_inputs), truth.images):
+        rows = {"input": images_from_inputs(truth.client_inputs).clamp(0, 1), **rows}
+    return {
+        name: {**reconstruction_metrics(images, truth.images), "attacker_accuracy": classifier_accuracy(classifier, images, truth.labels)}
+        for name, images in rows.items()
+    }
+
+
+def write_attack_outputs(run_dir: Path, reconstructions: dict[str, torch.Tensor], truth: GroundTruth,
+                         scores: dict[str, dict[str, float]]) -> None:
+    """``attacks.json`` and ``attack_grid.png`` (original | client input | each attack)."""
+    from pgsl_flower.metrics import write_json
+
+    write_json(run_dir / "attacks.json", {"images": len(truth.labels), "scores": scores})
+    rows = {"original": truth.images, "client input": images_from_inputs(truth.client_inputs).clamp(0, 1), **reconstructions}
+    save_grid(run_dir / "attack_grid.png", rows, columns=8)

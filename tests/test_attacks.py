@@ -1,0 +1,226 @@
+"""Reconstruction attacks, their metrics, ART attacks, and the adversarial client in a federation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, Message
+from torch import nn
+
+from pgsl_flower import protocol
+from pgsl_flower.attacks.adversarial_examples import ImageClassifier, adversarial_examples
+from pgsl_flower.attacks.gan_prior import GANPriorInversion
+from pgsl_flower.attacks.gradient_matching import cross_entropy_loss, dlg, idlg, idlg_label, parameter_gradients
+from pgsl_flower.attacks.knowledge import AdversaryKnowledge, smashed_in_batches
+from pgsl_flower.attacks.scoring import reconstruction_metrics
+from pgsl_flower.client_app import build_client_app
+from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
+from pgsl_flower.data import load_dataset
+from pgsl_flower.local_data import local_data
+from pgsl_flower.model import ClientNet, SplitNet, make_optimizer, prepare_input
+from pgsl_flower.simulation import simulate
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist", None)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def test_metrics_known_values():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28) * 0.8
+    same = reconstruction_metrics(x, x.clone())
+    assert same["mse"] == 0.0 and same["ssim"] == pytest.approx(1.0, abs=1e-6)
+    shifted = reconstruction_metrics(x + 0.1, x)  # every pixel off by 0.1: MSE 0.01, PSNR 20 dB
+    assert shifted["mse"] == pytest.approx(0.01, rel=1e-4)
+    assert shifted["psnr"] == pytest.approx(20.0, abs=1e-3)
+    half = reconstruction_metrics(torch.full((2, 1, 8, 8), 0.5), torch.zeros(2, 1, 8, 8))
+    assert half["mse"] == pytest.approx(0.25) and half["psnr"] == pytest.approx(10 * math.log10(4), abs=1e-4)
+    noisy = reconstruction_metrics((x + 0.3 * torch.randn_like(x)).clamp(0, 1), x)
+    assert noisy["ssim"] < shifted["ssim"] <= 1.0
+    with pytest.raises(ValueError, match="must both be"):
+        reconstruction_metrics(x[:2], x)
+
+
+# -- gradient matching ----------------------------------------------------------------------
+class _LeNet(nn.Module):
+    """The small sigmoid CNN of the DLG/iDLG papers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2), nn.Sigmoid(),
+        )
+        self.fc = nn.Linear(12 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+def test_idlg_recovers_a_single_image_and_its_label(mnist):
+    _, test = mnist
+    torch.manual_seed(1)
+    model = _LeNet()
+    for p in model.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    params = list(model.parameters())
+    loss = cross_entropy_loss(model)
+    for index in (0, 1):
+        x, y = test.images[index : index + 1].float() / 255, test.labels[index : index + 1]
+        observed = parameter_gradients(loss, params, x, y)
+        result = idlg(loss, params, observed, (1, 28, 28), 10, last_weight_index=len(params) - 2, iterations=300)
+        assert result.label == int(y)
+        assert float(((result.inputs.clamp(0, 1) - x) ** 2).mean()) < 1e-3
+    # a random guess is nowhere near
+    assert float(((torch.rand_like(x) - x) ** 2).mean()) > 0.1
+
+
+def test_dlg_optimises_the_label_too(mnist):
+    _, test = mnist
+    torch.manual_seed(2)
+    model = _LeNet()
+    for p in model.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    params = list(model.parameters())
+    loss = cross_entropy_loss(model)
+    x, y = test.images[2:3].float() / 255, test.labels[2:3]
+    result = dlg(loss, params, parameter_gradients(loss, params, x, y), (1, 28, 28), 10, iterations=300)
+    assert result.label == int(y)
+    assert float(((result.inputs.clamp(0, 1) - x) ** 2).mean()) < 1e-2
+
+
+def test_idlg_label_rule():
+    grad = torch.tensor([[0.2, 0.1], [-0.5, -0.4], [0.3, 0.0]])
+    assert idlg_label(grad) == 1
+    with pytest.raises(ValueError, match="weight gradient"):
+        idlg_label(torch.zeros(3))
+
+
+# -- GAN prior ----------------------------------------------------------------------------
+def test_gan_inversion_matches_the_intercepted_smashed_data(mnist):
+    train, _ = mnist
+    images = train.images[:256].float() / 255
+    client = ClientNet(1)
+    knowledge = AdversaryKnowledge(images, prepare_input(images), client, map_channel_is_zero=True, seed=0)
+    target = smashed_in_batches(client, prepare_input(train.images[1000:1016].float() / 255), 16)
+    short = GANPriorInversion(train_steps=30, steps=1).reconstruct(knowledge, target)
+    long = GANPriorInversion(train_steps=30, steps=60).reconstruct(knowledge, target)
+
+    def mismatch(images: torch.Tensor) -> float:
+        return float(((smashed_in_batches(client, prepare_input(images), 16) - target) ** 2).mean())
+
+    assert long.shape == (16, 1, 28, 28) and 0 <= float(long.min()) and float(long.max()) <= 1
+    assert mismatch(long) < 0.8 * mismatch(short)
+
+
+# -- adversarial examples (ART) -----------------------------------------------------------------
+def test_art_attacks_fool_a_trained_classifier(mnist):
+    train, test = mnist
+    torch.manual_seed(0)
+    model = SplitNet(1, 10)
+    optimizer = make_optimizer(model)
+    images, labels = train.images[:3000].float() / 255, train.labels[:3000]
+    model.train()
+    for start in range(0, 3000, 64):
+        loss = nn.functional.cross_entropy(model(prepare_input(images[start : start + 64])), labels[start : start + 64])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    classifier = ImageClassifier(prepare_input, model).eval()
+    x, y = test.images[:32].float() / 255, test.labels[:32]
+
+    def accuracy(batch: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((classifier(batch).argmax(1) == y).float().mean())
+
+    clean = accuracy(x)
+    assert clean > 0.8
+    fgsm = adversarial_examples(classifier, x, 10, "fgsm")
+    assert float((fgsm - x).abs().max()) <= 0.2 + 1e-6
+    assert accuracy(fgsm) < clean - 0.3
+    jsma = adversarial_examples(classifier, x, 10, "jsma")
+    changed = (jsma != x).flatten(1).sum(1).float().mean()
+    assert accuracy(jsma) < clean - 0.3 and changed < 0.2 * 784  # few pixels, large changes
+    with pytest.raises(ValueError, match="unknown adversarial attack"):
+        adversarial_examples(classifier, x, 10, "deepfool")
+
+
+# -- config ---------------------------------------------------------------------------------
+def test_adversary_config_is_validated():
+    assert RunConfig().attack_names == ("decoder", "gan")
+    with pytest.raises(ConfigError, match="adversary-attacks"):
+        parse_run_config({"adversary-attacks": "decoder,dlg"})
+    with pytest.raises(ConfigError, match="adversary-attacks"):
+        parse_run_config({"adversary-attacks": " , "})
+    with pytest.raises(ConfigError, match="'adversary' needs schedule 'splitfed'"):
+        parse_run_config({"adversary": 0, "schedule": "sequential"})
+    with pytest.raises(ConfigError, match="'adversary' = 3 must be a partition id below num-clients"):
+        simulate({"adversary": 3, "samples-per-client": 100}, 3)
+
+
+# -- the adversarial client in a real federation ------------------------------------------------
+def _recording_mod(folder):
+    """Saves every array the adversarial client (partition 0) receives."""
+
+    def mod(message: Message, context: Context, call_next):  # noqa: ANN001
+        if int(context.node_config["partition-id"]) == 0:
+            arrays = {
+                f"{record_name}/{key}": array.numpy()
+                for record_name, record in message.content.array_records.items()
+                for key, array in record.items()
+            }
+            name = f"{message.metadata.message_type}-{message.metadata.message_id}.npz"
+            np.savez(folder / name, **{k.replace("/", "__"): v for k, v in arrays.items()})
+        return call_next(message, context)
+
+    return mod
+
+
+@pytest.mark.slow
+def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path):
+    cfg = RunConfig(
+        num_rounds=2, samples_per_client=400, test_samples=300, local_eval_samples=32, seed=5,
+        adversary=0, adversary_images=64, attack_epochs=20, gan_steps=100, attack_steps=30,
+    )
+    received = tmp_path / "received"
+    received.mkdir()
+    summary = simulate(cfg, 3, run_dir=tmp_path / "run", client_app=build_client_app(cfg, mods=[_recording_mod(received)]))
+
+    # the decoder attack is real: undefended smashed data is inverted to SSIM > 0.5
+    assert summary["attack_images"] == 64
+    assert summary["attack_decoder_ssim"] > 0.5
+    assert summary["attack_decoder_mse"] < 0.05
+    assert summary["attack_decoder_attacker_accuracy"] > 0.5
+    assert 0 <= summary["attack_gan_ssim"] < summary["attack_decoder_ssim"]
+    scores = json.loads((tmp_path / "run" / "attacks.json").read_text())["scores"]
+    assert set(scores) == {"decoder", "gan"}  # no defense: the client input is the original
+    assert (tmp_path / "run" / "attack_grid.png").stat().st_size > 10_000
+
+    # what the adversary received: smashed data, gradients and weights, never an image
+    victims = [local_data(cfg, p, 3) for p in (1, 2)]
+    image_hashes = {
+        hashlib.sha256(img.numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
+    } | {
+        hashlib.sha256((img.float() / 255).numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
+    }
+    files = sorted(received.iterdir())
+    attack_messages = [f for f in files if f.name.startswith(protocol.QUERY_ATTACK)]
+    assert len(attack_messages) == 1 and len(files) > 10
+    for path in files:
+        for key, array in np.load(path).items():
+            assert tuple(array.shape[-3:]) != (1, 28, 28), f"{path.name}:{key} has an image's shape"
+            flat = array.reshape(-1)
+            if flat.size % 784 == 0:
+                for block in flat.reshape(-1, 784):
+                    for candidate in (block, block.astype(np.uint8)):
+                        assert hashlib.sha256(candidate.tobytes()).hexdigest() not in image_hashes
+    intercepted = np.load(attack_messages[0])
+    assert intercepted[f"{protocol.INTERCEPTED}__h"].shape == (64, 64, 14, 14)
