@@ -147,9 +147,15 @@ def score_reconstructions(
 
 def write_attack_outputs(run_dir: Path, reconstructions: dict[str, torch.Tensor], truth: GroundTruth,
                          scores: dict[str, dict[str, float]]) -> None:
-    """``attacks.json`` and ``attack_grid.png`` (original | client input | each attack)."""
+    """``attacks.json``, ``attack_grid.png`` (original | client input | each attack) and
+    ``attacks.pt`` (originals, client inputs, labels, reconstructions: for later analyses)."""
     from pgsl_flower.metrics import write_json
 
     write_json(run_dir / "attacks.json", {"images": len(truth.labels), "scores": scores})
+    torch.save(
+        {"images": truth.images, "client_inputs": truth.client_inputs, "labels": truth.labels,
+         "reconstructions": reconstructions},
+        run_dir / "attacks.pt",
+    )
     rows = {"original": truth.images, "client input": images_from_inputs(truth.client_inputs).clamp(0, 1), **reconstructions}
     save_grid(run_dir / "attack_grid.png", rows, columns=8)

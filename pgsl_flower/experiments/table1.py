@@ -1,0 +1,393 @@
+"""Table I analog: reconstruction attacks against no defense and against PGSL.
+
+One cell per (dataset, defense, seed), defense in {none, pgsl}:
+
+1. a real Flower simulation (SplitFed, Ray backend) with partition 0 as the
+   adversarial client: in the final round it intercepts the first smashed batch
+   of every other client and runs the **decoder** and **DCGAN-prior**
+   inversions on it with its own data (``pgsl_flower.attacks.interception``);
+2. **DLG** and **iDLG** on the first ``--gradient-images`` of those victim
+   images, against the run's final split model; observation: one example's
+   gradient w.r.t. both halves (``pgsl_flower.attacks.split_gradients``);
+3. **adversarial examples** (ART: JSMA, C&W, BIM, FGSM) on test images,
+   crafted white-box against the undefended run's final model; the PGSL cell of
+   the same seed is scored on the same adversarial images (a transfer attack:
+   PGSL's pixel attack and proximal step are not differentiable end to end).
+
+Scores are computed by the evaluation harness against the victims' clean
+originals (read from disk): MSE on [0, 1] pixels, PSNR, SSIM, and the accuracy
+of a clean classifier on the reconstructions. Cells already in ``runs.csv``
+are skipped; a failed cell is recorded with its error and retried next time.
+
+    python -m pgsl_flower.experiments.table1                 # writes results/table1/
+    python -m pgsl_flower.experiments.table1 --report-only   # re-renders tables + figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pgsl_flower.config import RunConfig
+
+DEFENSES = ("none", "pgsl")
+RECONSTRUCTION_ATTACKS = ("decoder", "gan", "dlg", "idlg")
+ADVERSARIAL_ATTACKS = ("jsma", "cw", "bim", "fgsm")
+METRICS = ("mse", "psnr", "ssim", "attacker_accuracy")
+
+#: Per dataset: clients and run-config. MIAS at 64x64 keeps DLG's double
+#: backpropagation affordable on a 2-core CPU.
+SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
+    "mnist": (5, {"samples-per-client": 1000, "num-rounds": 2, "test-samples": 1000}),
+    "mias": (3, {"image-size": 64, "batch-size": 16, "num-rounds": 5, "samples-per-client": 0}),
+}
+ADVERSARY = {"adversary": 0, "adversary-images": 64}
+#: Test images attacked with ART per dataset (MIAS: its whole test set).
+ADVERSARIAL_TEST_IMAGES = {"mnist": 200, "mias": 50}
+#: Victim images attacked by DLG and iDLG per cell (one L-BFGS run each).
+GRADIENT_IMAGES = {"mnist": 8, "mias": 4}
+
+#: The paper's Table I MSE (MIAS, MNIST). Its decoder-style black-box model
+#: inversion is the "MIA [5]" row; PGSL + MIA is not reported.
+PAPER_MSE: dict[tuple[str, str], tuple[float, float]] = {
+    ("dlg", "none"): (3.14, 0.12), ("idlg", "none"): (2.63, 0.048),
+    ("gan", "none"): (2.96, 0.056), ("decoder", "none"): (2.925, 0.08),
+    ("dlg", "pgsl"): (1.854, 0.046), ("idlg", "pgsl"): (1.126, 0.026), ("gan", "pgsl"): (2.372, 0.078),
+}
+#: The paper's Table II accuracy (%) on adversarial examples (MIAS, MNIST).
+PAPER_ADVERSARIAL = {"jsma": (46.3, 65.4), "cw": (51.2, 58.6), "bim": (56.8, 81.2), "fgsm": (61.9, 83.8)}
+
+BASE_COLUMNS = ("dataset", "defense", "seed", "status", "num_clients", "final_test_accuracy", "images",
+                "gradient_images", "wall_seconds", "error")
+RUN_COLUMNS = (
+    *BASE_COLUMNS,
+    *(f"{a}_{m}" for a in RECONSTRUCTION_ATTACKS for m in METRICS),
+    "dlg_label_accuracy", "idlg_label_accuracy",
+    *(f"adv_{a}_accuracy" for a in ADVERSARIAL_ATTACKS),
+)
+
+
+def cell_config(dataset: str, defense: str, seed: int) -> tuple[int, RunConfig]:
+    clients, overrides = SETTINGS[dataset]
+    values = {**overrides, **ADVERSARY, "dataset": dataset, "defense": defense, "seed": seed}
+    return clients, RunConfig(**{key.replace("-", "_"): value for key, value in values.items()})
+
+
+def load_split_model(run_dir: Path, cfg: RunConfig, channels: int, num_classes: int):
+    """The run's final client and server halves (:class:`SplitModel`)."""
+    from pgsl_flower.attacks.split_gradients import SplitModel
+    from pgsl_flower.model import ClientNet, ServerNet
+    from pgsl_flower.pgsl.server_model import PGSLNet, ProximalSettings
+
+    state = torch.load(run_dir / "final_model.pt", weights_only=True)
+    client = ClientNet(channels)
+    client.load_state_dict(state["client"])
+    pgsl = cfg.defense == "pgsl"
+    server = PGSLNet(num_classes) if pgsl else ServerNet(num_classes)
+    server.load_state_dict(state["server"])
+    proximal = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol) if pgsl else None
+    return SplitModel(client, server, proximal)
+
+
+def gradient_attacks(run_dir: Path, cfg: RunConfig, count: int) -> dict[str, Any]:
+    """DLG and iDLG on the first ``count`` intercepted victim images; scores + reconstructions."""
+    from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
+    from pgsl_flower.attacks.split_gradients import gradient_attack
+    from pgsl_flower.local_data import load_datasets
+
+    train_set, _ = load_datasets(cfg)
+    saved = torch.load(run_dir / "attacks.pt", weights_only=True)
+    images, inputs, labels = saved["images"][:count], saved["client_inputs"][:count], saved["labels"][:count]
+    model = load_split_model(run_dir, cfg, images.shape[1], len(train_set.classes))
+    classifier = clean_classifier(train_set, cfg.seed)
+    out: dict[str, Any] = {"gradient_images": len(labels), "reconstructions": {}}
+    for method in ("dlg", "idlg"):
+        recovered, found = [], []
+        for i in range(len(labels)):
+            image, label = gradient_attack(model, method, inputs[i : i + 1], int(labels[i]), len(train_set.classes),
+                                           seed=cfg.seed * 1000 + i)
+            recovered.append(image)
+            found.append(label)
+        batch = torch.cat(recovered)
+        out["reconstructions"][method] = batch
+        out.update({f"{method}_{k}": v for k, v in reconstruction_metrics(batch, images).items()})
+        out[f"{method}_attacker_accuracy"] = classifier_accuracy(classifier, batch, labels)
+        out[f"{method}_label_accuracy"] = float((torch.tensor(found) == labels).float().mean())
+    return out
+
+
+def adversarial_accuracies(run_dir: Path, cfg: RunConfig, runs_dir: Path, dataset: str, seed: int) -> dict[str, float]:
+    """Accuracy on ART adversarial test images crafted against the undefended run of this seed.
+
+    The undefended cell crafts and saves them (``adversarial.pt``); the PGSL cell
+    evaluates its whole pipeline (harness pixel attack, PGSL decision fusion) on them.
+    """
+    from pgsl_flower.attacks.adversarial_examples import ImageClassifier, adversarial_examples
+    from pgsl_flower.evaluation import evaluate_split
+    from pgsl_flower.local_data import load_datasets
+    from pgsl_flower.model import prepare_input
+    from pgsl_flower.server_app import harness_inputs
+
+    train_set, test_set = load_datasets(cfg)
+    count = ADVERSARIAL_TEST_IMAGES[dataset]
+    labels = test_set.labels[:count]
+    source = runs_dir / f"{dataset}-none-s{seed}" / "adversarial.pt"
+    if cfg.defense == "none":
+        model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
+        classifier = ImageClassifier(prepare_input, torch.nn.Sequential(model.client, model.server)).eval()
+        clean = test_set.images[:count].float() / 255
+        crafted = {name: adversarial_examples(classifier, clean, len(train_set.classes), name) for name in ADVERSARIAL_ATTACKS}
+        torch.save(crafted, source)
+    elif not source.exists():
+        return {}
+    crafted = torch.load(source, weights_only=True)
+    model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
+    scorer = _Scorer(model.server) if cfg.defense == "pgsl" else _PlainScorer(model.server)
+    out = {}
+    for name, adversarial in crafted.items():
+        inputs = harness_inputs(cfg, train_set, (adversarial * 255).round().to(torch.uint8))
+        out[f"adv_{name}_accuracy"] = evaluate_split(model.client, scorer, inputs, labels)["accuracy"]
+    return out
+
+
+class _PlainScorer:
+    def __init__(self, server: torch.nn.Module) -> None:
+        self.server = server.eval()
+
+    @torch.no_grad()
+    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"output": self.server(smashed).softmax(1)}
+
+    @staticmethod
+    def decide(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        return scores["output"]
+
+
+class _Scorer:
+    """PGSL's three streams and decision fusion from a loaded :class:`PGSLNet`."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        from pgsl_flower.pgsl.server_model import ProximalSettings
+
+        self.net, self.settings = net.eval(), ProximalSettings()
+
+    @torch.no_grad()
+    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
+        from pgsl_flower.pgsl.server_model import recover
+
+        return {name: out.softmax(1) for name, out in self.net(smashed, recover(smashed, self.settings)).items()}
+
+    @staticmethod
+    def decide(scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        from pgsl_flower.pgsl.server_model import PGSLServerModel
+
+        return PGSLServerModel.decide(scores)
+
+
+def _load_runs(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(RUN_COLUMNS))
+
+
+def run_cell(dataset: str, defense: str, seed: int, runs_dir: Path, gradient_images: int | None) -> dict[str, Any]:
+    from pgsl_flower.simulation import simulate
+
+    clients, cfg = cell_config(dataset, defense, seed)
+    run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
+    summary = simulate(cfg, clients, run_dir=run_dir)
+    row: dict[str, Any] = {"final_test_accuracy": summary["final_test_accuracy"], "images": summary["attack_images"]}
+    for attack in ("decoder", "gan"):
+        row.update({f"{attack}_{m}": summary[f"attack_{attack}_{m}"] for m in METRICS})
+    grads = gradient_attacks(run_dir, cfg, gradient_images or GRADIENT_IMAGES[dataset])
+    torch.save(grads.pop("reconstructions"), run_dir / "gradient_attacks.pt")
+    row.update(grads)
+    row.update(adversarial_accuracies(run_dir, cfg, runs_dir, dataset, seed))
+    return row
+
+
+def run_cells(datasets: list[str], seeds: list[int], out: Path, runs_dir: Path,
+              gradient_images: int | None = None) -> pd.DataFrame:
+    """Run every missing cell; ``runs.csv`` is rewritten after each."""
+    path = out / "runs.csv"
+    runs = _load_runs(path)
+    for dataset in datasets:
+        for seed in seeds:
+            for defense in DEFENSES:  # none first: PGSL's transfer row reads its adversarial images
+                cell = (runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed)
+                if (runs[cell].status == "ok").any():
+                    continue
+                print(f"table1: {dataset} {defense} seed {seed}", flush=True)
+                row: dict[str, Any] = {"dataset": dataset, "defense": defense, "seed": seed,
+                                       "num_clients": SETTINGS[dataset][0]}
+                started = time.perf_counter()
+                try:
+                    row.update(run_cell(dataset, defense, seed, runs_dir, gradient_images))
+                    row["status"] = "ok"
+                except Exception as err:  # noqa: BLE001 - recorded; the next cell still runs
+                    traceback.print_exc()
+                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
+                row["wall_seconds"] = round(time.perf_counter() - started, 1)
+                runs = pd.concat([runs[~cell], pd.DataFrame([row])], ignore_index=True).reindex(columns=list(RUN_COLUMNS))
+                out.mkdir(parents=True, exist_ok=True)
+                runs.to_csv(path, index=False)
+    return runs
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table I analog: per dataset, attack and defense, each metric's mean and std over seeds."""
+    ok = runs[runs.status == "ok"]
+    records = []
+    for dataset in sorted(ok.dataset.unique(), reverse=True):
+        for attack in RECONSTRUCTION_ATTACKS:
+            for defense in DEFENSES:
+                part = ok[(ok.dataset == dataset) & (ok.defense == defense)]
+                if part.empty:
+                    continue
+                record: dict[str, Any] = {"dataset": dataset, "attack": attack, "defense": defense, "seeds": len(part)}
+                for metric in METRICS:
+                    record[f"{metric}_mean"], record[f"{metric}_std"] = _mean_std(part[f"{attack}_{metric}"])
+                paper = PAPER_MSE.get((attack, defense))
+                record["paper_mse"] = None if paper is None else paper[0 if dataset == "mias" else 1]
+                records.append(record)
+    return pd.DataFrame(records)
+
+
+def summarize_adversarial(runs: pd.DataFrame) -> pd.DataFrame:
+    ok = runs[runs.status == "ok"]
+    records = []
+    for dataset in sorted(ok.dataset.unique(), reverse=True):
+        for attack in ADVERSARIAL_ATTACKS:
+            for defense in DEFENSES:
+                part = ok[(ok.dataset == dataset) & (ok.defense == defense)]
+                mean, std = _mean_std(part[f"adv_{attack}_accuracy"] * 100)
+                if pd.isna(mean):
+                    continue
+                paper = PAPER_ADVERSARIAL[attack][0 if dataset == "mias" else 1] if defense == "none" else None
+                clean, _ = _mean_std(part["final_test_accuracy"] * 100)
+                records.append({"dataset": dataset, "attack": attack, "defense": defense, "accuracy_mean": mean,
+                                "accuracy_std": std, "clean_accuracy_mean": clean, "paper": paper})
+    return pd.DataFrame(records)
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def markdown(table: pd.DataFrame, adversarial: pd.DataFrame) -> str:
+    lines = [
+        "### Reconstruction attacks (Table I analog)", "",
+        "MSE on [0, 1] pixels, PSNR (dB), SSIM and clean-classifier accuracy on the reconstructions, "
+        "mean ± std over seeds. Lower MSE / higher SSIM = the attack recovered more.", "",
+        "| dataset | attack | defense | MSE | PSNR | SSIM | attacker acc | seeds | paper MSE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        paper = "—" if r.paper_mse is None or pd.isna(r.paper_mse) else f"{r.paper_mse:g}"
+        lines.append(
+            f"| {r.dataset} | {r.attack} | {r.defense} | {_fmt(r.mse_mean, r.mse_std, 4)} | "
+            f"{_fmt(r.psnr_mean, r.psnr_std, 2)} | {_fmt(r.ssim_mean, r.ssim_std, 3)} | "
+            f"{_fmt(r.attacker_accuracy_mean, r.attacker_accuracy_std, 3)} | {r.seeds} | {paper} |"
+        )
+    best = best_attacks(table)
+    if not best.empty:
+        lines += ["", "Best attack (highest SSIM) per dataset and defense:", "",
+                  "| dataset | defense | best attack | SSIM | MSE |", "|---|---|---|---|---|"]
+        lines += [f"| {r.dataset} | {r.defense} | {r.attack} | {r.ssim_mean:.3f} | {r.mse_mean:.4f} |"
+                  for r in best.itertuples()]
+    if not adversarial.empty:
+        lines += ["", "### Adversarial examples (Table II rows; ART, crafted against the undefended model)", "",
+                  "| dataset | attack | defense | accuracy % | clean accuracy % | paper % |", "|---|---|---|---|---|---|"]
+        for r in adversarial.itertuples():
+            paper = "—" if r.paper is None or pd.isna(r.paper) else f"{r.paper:.1f}"
+            lines.append(f"| {r.dataset} | {r.attack} | {r.defense} | {_fmt(r.accuracy_mean, r.accuracy_std, 1)} | "
+                         f"{r.clean_accuracy_mean:.1f} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
+def best_attacks(table: pd.DataFrame) -> pd.DataFrame:
+    """The attack with the highest mean SSIM per (dataset, defense)."""
+    if table.empty:
+        return table
+    index = table.groupby(["dataset", "defense"], sort=False)["ssim_mean"].idxmax()
+    return table.loc[index.dropna()]
+
+
+def figures(runs_dir: Path, out: Path, datasets: list[str], seed: int, columns: int = 8) -> list[Path]:
+    """Fig. 4 analog per dataset: originals, then each attack's reconstructions without and with PGSL."""
+    from pgsl_flower.attacks.figures import save_grid
+    from pgsl_flower.attacks.knowledge import images_from_inputs
+
+    written = []
+    for dataset in datasets:
+        rows: dict[str, torch.Tensor] = {}
+        for defense in DEFENSES:
+            run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
+            if not (run_dir / "attacks.pt").exists() or not (run_dir / "gradient_attacks.pt").exists():
+                continue
+            saved = torch.load(run_dir / "attacks.pt", weights_only=True)
+            grads = torch.load(run_dir / "gradient_attacks.pt", weights_only=True)
+            rows.setdefault("original", saved["images"])
+            tag = "no defense" if defense == "none" else "PGSL"
+            if defense == "pgsl":
+                rows["PGSL: client input"] = images_from_inputs(saved["client_inputs"]).clamp(0, 1)
+            for name in ("decoder", "gan"):
+                rows[f"{tag}: {name}"] = saved["reconstructions"][name]
+            for name in ("dlg", "idlg"):
+                rows[f"{tag}: {name}"] = grads[name]
+        if len(rows) > 1:
+            path = out / f"fig4_{dataset}.png"
+            save_grid(path, {k: v[:columns] for k, v in rows.items()}, columns=columns,
+                      title=f"{dataset}: victims' images and reconstructions (seed {seed})")
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/table1"))
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "mias"], choices=sorted(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--gradient-images", type=int, default=None,
+                        help=f"victim images attacked by DLG and iDLG (default per dataset: {GRADIENT_IMAGES})")
+    parser.add_argument("--runs-dir", type=Path, default=Path("outputs/table1"), help="per-run outputs")
+    parser.add_argument("--report-only", action="store_true", help="render from runs.csv and runs-dir, run nothing")
+    args = parser.parse_args(argv)
+
+    if args.report_only:
+        runs = _load_runs(args.out / "runs.csv")
+    else:
+        runs = run_cells(args.datasets, args.seeds, args.out, args.runs_dir, args.gradient_images)
+    table, adversarial = summarize(runs), summarize_adversarial(runs)
+    if table.empty:
+        print("table1: no finished cells", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "table1.csv", index=False)
+    adversarial.to_csv(args.out / "adversarial.csv", index=False)
+    (args.out / "table1.md").write_text(markdown(table, adversarial))
+    for path in figures(args.runs_dir, args.out, sorted(runs.dataset.unique()), min(args.seeds)):
+        print(f"table1: wrote {path}")
+    print(markdown(table, adversarial))
+    (args.out / "settings.json").write_text(json.dumps({"settings": SETTINGS, "adversary": ADVERSARY}, indent=2) + "\n")
+    failed = runs[runs.status != "ok"]
+    if len(failed):
+        print(f"table1: {len(failed)} failed cell(s), see runs.csv", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
