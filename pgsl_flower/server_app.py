@@ -17,6 +17,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from pgsl_flower import protocol
 from pgsl_flower.attacks.interception import Interceptor, ground_truth, score_reconstructions, write_attack_outputs
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.data import ImageDataset
@@ -200,9 +201,13 @@ def _run_adversary(
         return {}
     started = time.perf_counter()
     smashed = interceptor.smashed()
-    reconstructions = trainer.request_attack(
-        interceptor.adversary_node, smashed, round_weights, tuple(train_set.images.shape[1:]), cfg.attack_names
-    )
+    try:
+        reconstructions = trainer.request_attack(
+            interceptor.adversary_node, smashed, round_weights, tuple(train_set.images.shape[1:]), cfg.attack_names
+        )
+    except (RuntimeError, protocol.PayloadError) as err:  # the trained model is kept; the attack is reported failed
+        log(WARNING, "adversary: attack failed: %s", err)
+        return {"attack_error": str(err)}
     truth = ground_truth(cfg, interceptor.batches, trainer.partitions, num_partitions, round_weights)
     scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed)
     write_attack_outputs(run_dir, reconstructions, truth, scores)

@@ -15,8 +15,13 @@ from torch import nn
 from pgsl_flower import protocol
 from pgsl_flower.attacks.adversarial_examples import ImageClassifier, adversarial_examples
 from pgsl_flower.attacks.gan_prior import GANPriorInversion
-from pgsl_flower.attacks.gradient_matching import cross_entropy_loss, dlg, idlg, idlg_label, parameter_gradients
-from pgsl_flower.attacks.knowledge import AdversaryKnowledge, smashed_in_batches
+from pgsl_flower.attacks.gradient_matching import (
+    GradientMatching,
+    cross_entropy_loss,
+    idlg_label,
+    observe_gradients,
+)
+from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation, smashed_in_batches
 from pgsl_flower.attacks.scoring import reconstruction_metrics
 from pgsl_flower.client_app import build_client_app
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
@@ -72,13 +77,12 @@ def test_idlg_recovers_a_single_image_and_its_label(mnist):
     for p in model.parameters():
         nn.init.uniform_(p, -0.5, 0.5)
     params = list(model.parameters())
-    loss = cross_entropy_loss(model)
     for index in (0, 1):
-        x, y = test.images[index : index + 1].float() / 255, test.labels[index : index + 1]
-        observed = parameter_gradients(loss, params, x, y)
-        result = idlg(loss, params, observed, (1, 28, 28), 10, last_weight_index=len(params) - 2, iterations=300)
-        assert result.label == int(y)
-        assert float(((result.inputs.clamp(0, 1) - x) ** 2).mean()) < 1e-3
+        x, y = test.images[index : index + 1].float() / 255, int(test.labels[index])
+        observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+        attack = GradientMatching("idlg", iterations=300)
+        assert attack.run(observation).label == y  # from the last layer's gradient signs alone
+        assert float(((attack.reconstruct(observation) - x) ** 2).mean()) < 1e-3
     # a random guess is nowhere near
     assert float(((torch.rand_like(x) - x) ** 2).mean()) > 0.1
 
@@ -90,11 +94,13 @@ def test_dlg_optimises_the_label_too(mnist):
     for p in model.parameters():
         nn.init.uniform_(p, -0.5, 0.5)
     params = list(model.parameters())
-    loss = cross_entropy_loss(model)
-    x, y = test.images[2:3].float() / 255, test.labels[2:3]
-    result = dlg(loss, params, parameter_gradients(loss, params, x, y), (1, 28, 28), 10, iterations=300)
-    assert result.label == int(y)
+    x, y = test.images[2:3].float() / 255, int(test.labels[2])
+    observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+    result = GradientMatching("dlg", iterations=300).run(observation)
+    assert result.label == y
     assert float(((result.inputs.clamp(0, 1) - x) ** 2).mean()) < 1e-2
+    with pytest.raises(ValueError, match="unknown gradient-matching attack"):
+        GradientMatching("gradinversion")
 
 
 def test_idlg_label_rule():
@@ -111,8 +117,9 @@ def test_gan_inversion_matches_the_intercepted_smashed_data(mnist):
     client = ClientNet(1)
     knowledge = AdversaryKnowledge(images, prepare_input(images), client, map_channel_is_zero=True, seed=0)
     target = smashed_in_batches(client, prepare_input(train.images[1000:1016].float() / 255), 16)
-    short = GANPriorInversion(train_steps=30, steps=1).reconstruct(knowledge, target)
-    long = GANPriorInversion(train_steps=30, steps=60).reconstruct(knowledge, target)
+    observation = SmashedDataObservation(knowledge, target)
+    short = GANPriorInversion(train_steps=30, steps=1).reconstruct(observation)
+    long = GANPriorInversion(train_steps=30, steps=60).reconstruct(observation)
 
     def mismatch(images: torch.Tensor) -> float:
         return float(((smashed_in_batches(client, prepare_input(images), 16) - target) ** 2).mean())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pgsl_flower.config import RunConfig
-from pgsl_flower.experiments import table2
+from pgsl_flower.experiments import table1, table2
 from pgsl_flower.experiments.mu_sweep import MUS, attacked_test_images, sweep
 
 
@@ -54,3 +54,44 @@ def test_table2_runs_cells_records_failures_resumes_and_renders(tmp_path, monkey
     monkeypatch.setattr(table2, "SETTINGS", {"mnist": (2, small), "mias": (2, {"batch-size": 16})})
     assert table2.main([*args, "--datasets", "mnist", "--defenses", "pixel-attack", "pgsl"]) == 0
     assert (out / "runs.csv").stat().st_mtime_ns == before  # finished cells are not rerun
+
+
+@pytest.mark.slow
+def test_table1_runs_attacks_against_both_defenses_and_renders(tmp_path, monkeypatch):
+    """One real seed of each defense on small MNIST, every attack scored, then a resume."""
+    small = {"samples-per-client": 300, "num-rounds": 1, "test-samples": 200, "local-eval-samples": 16,
+             "attack-epochs": 3, "gan-steps": 30, "attack-steps": 10}
+    monkeypatch.setattr(table1, "SETTINGS", {"mnist": (3, small)})
+    monkeypatch.setattr(table1, "ADVERSARIAL_TEST_IMAGES", {"mnist": 8})
+    out, runs_dir = tmp_path / "table1", tmp_path / "runs"
+    args = ["--out", str(out), "--runs-dir", str(runs_dir), "--seeds", "1", "--datasets", "mnist",
+            "--gradient-images", "2"]
+    assert table1.main(args) == 0
+
+    runs = pd.read_csv(out / "runs.csv").set_index("defense")
+    assert (runs.status == "ok").all() and set(runs.index) == {"none", "pgsl"}
+    for attack in table1.RECONSTRUCTION_ATTACKS:
+        for metric in ("mse", "ssim", "attacker_accuracy"):
+            assert runs[f"{attack}_{metric}"].notna().all(), f"{attack}_{metric} missing"
+        assert (runs[f"{attack}_mse"] > 0).all() and (runs[f"{attack}_ssim"] <= 1).all()
+    for attack in table1.ADVERSARIAL_ATTACKS:
+        assert runs[f"adv_{attack}_accuracy"].between(0, 1).all()
+    assert (runs.images == 64).all() and (runs.gradient_images == 2).all()
+
+    table = pd.read_csv(out / "table1.csv")
+    assert len(table) == 2 * len(table1.RECONSTRUCTION_ATTACKS)
+    dlg = table[(table.attack == "dlg") & (table.defense == "pgsl")].iloc[0]
+    assert dlg.mse_mean == pytest.approx(runs.loc["pgsl", "dlg_mse"]) and dlg.paper_mse == 0.046
+    text = (out / "table1.md").read_text()
+    assert "Best attack" in text and "| mnist | fgsm | none |" in text
+    assert (out / "fig4_mnist.png").stat().st_size > 10_000
+
+    before = (out / "runs.csv").stat().st_mtime_ns
+    assert table1.main(args) == 0
+    assert (out / "runs.csv").stat().st_mtime_ns == before  # finished cells are not rerun
+    (out / "fig4_mnist.png").unlink()
+    import shutil
+
+    shutil.rmtree(runs_dir)
+    assert table1.main([*args, "--report-only"]) == 0  # redrawn from fig4_mnist.pt alone
+    assert (out / "fig4_mnist.png").exists()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.attacks.knowledge import AdversaryKnowledge, smashed_in_batches
+from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation, smashed_in_batches
 from pgsl_flower.model import CONV_CHANNELS
 
 
@@ -63,7 +63,8 @@ class DecoderInversion:
                 optimizer.step()
         return decoder.eval()
 
-    def reconstruct(self, knowledge: AdversaryKnowledge, smashed: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, observation: SmashedDataObservation) -> torch.Tensor:
+        knowledge, smashed = observation.knowledge, observation.smashed
         decoder = self.fit(knowledge)
         with torch.no_grad():
             return torch.cat([decoder(smashed[i : i + 256]) for i in range(0, len(smashed), 256)]).clamp(0, 1)

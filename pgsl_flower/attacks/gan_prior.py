@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.attacks.knowledge import AdversaryKnowledge
+from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation
 from pgsl_flower.model import prepare_input
 
 LATENT = 64
@@ -100,7 +100,8 @@ class GANPriorInversion:
     batch_size: int = 64
     name: str = "gan"
 
-    def reconstruct(self, knowledge: AdversaryKnowledge, smashed: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, observation: SmashedDataObservation) -> torch.Tensor:
+        knowledge, smashed = observation.knowledge, observation.smashed
         gen = train_dcgan(knowledge.own_images, self.train_steps, knowledge.seed)
         for p in gen.parameters():
             p.requires_grad_(False)

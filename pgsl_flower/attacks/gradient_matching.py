@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from pgsl_flower.attacks.interface import GradientObservation
+
 #: ``loss_fn(x, target)``: the training loss of inputs ``x`` for a target given as
 #: class indices or as class probabilities (what ``F.cross_entropy`` accepts).
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,17 +98,41 @@ def match_gradients(
     return GradientMatchResult(dummy.detach(), inferred, final)
 
 
-def dlg(loss_fn: LossFn, params: Sequence[torch.Tensor], observed: Sequence[torch.Tensor], input_shape: Sequence[int],
-        num_classes: int, **kwargs) -> GradientMatchResult:
-    """Deep Leakage from Gradients: input and soft label optimised jointly."""
-    return match_gradients(loss_fn, params, observed, input_shape, num_classes, label=None, **kwargs)
+@dataclass(frozen=True)
+class GradientMatching:
+    """DLG (``name="dlg"``: input and soft label optimised jointly) or iDLG (``"idlg"``:
+    label from the last layer's gradient signs, then the input alone)."""
+
+    name: str = "idlg"
+    iterations: int = 300
+    seed: int = 0
+    clamp: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("dlg", "idlg"):
+            raise ValueError(f"unknown gradient-matching attack {self.name!r}; known: dlg, idlg")
+
+    def run(self, observation: GradientObservation) -> GradientMatchResult:
+        """The reconstructed input (as the model takes it) and the label used or found."""
+        label = idlg_label(observation.gradients[observation.last_weight_index]) if self.name == "idlg" else None
+        return match_gradients(
+            observation.loss_fn, observation.params, observation.gradients, observation.input_shape,
+            observation.num_classes, label=label, iterations=self.iterations, seed=self.seed, clamp=self.clamp,
+        )
+
+    def reconstruct(self, observation: GradientObservation) -> torch.Tensor:
+        return observation.to_images(self.run(observation).inputs).clamp(0, 1)
 
 
-def idlg(loss_fn: LossFn, params: Sequence[torch.Tensor], observed: Sequence[torch.Tensor], input_shape: Sequence[int],
-         num_classes: int, last_weight_index: int, **kwargs) -> GradientMatchResult:
-    """Improved DLG: the label from ``observed[last_weight_index]``'s signs, then the input alone."""
-    label = idlg_label(observed[last_weight_index])
-    return match_gradients(loss_fn, params, observed, input_shape, num_classes, label=label, **kwargs)
+def observe_gradients(
+    loss_fn: LossFn, params: Sequence[torch.Tensor], inputs: torch.Tensor, label: int, num_classes: int,
+    last_weight_index: int, to_images: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> GradientObservation:
+    """What the victim uploads for one example ``inputs`` (1, ...) of class ``label``."""
+    gradients = parameter_gradients(loss_fn, params, inputs, torch.tensor([label]))
+    extra = {} if to_images is None else {"to_images": to_images}
+    return GradientObservation(loss_fn, list(params), gradients, tuple(inputs.shape[1:]), num_classes,
+                               last_weight_index, **extra)
 
 
 def cross_entropy_loss(model: torch.nn.Module) -> LossFn:

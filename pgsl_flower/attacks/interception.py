@@ -26,7 +26,13 @@ import torch
 from pgsl_flower.attacks.decoder import DecoderInversion
 from pgsl_flower.attacks.figures import save_grid
 from pgsl_flower.attacks.gan_prior import GANPriorInversion
-from pgsl_flower.attacks.knowledge import AdversaryKnowledge, SmashedDataAttack, images_from_inputs, smashed_in_batches
+from pgsl_flower.attacks.interface import (
+    AdversaryKnowledge,
+    ReconstructionAttack,
+    SmashedDataObservation,
+    images_from_inputs,
+    smashed_in_batches,
+)
 from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import ImageDataset
@@ -66,7 +72,7 @@ class Interceptor:
         return torch.cat([b.smashed for b in self.batches])
 
 
-def smashed_data_attack(name: str, cfg: RunConfig) -> SmashedDataAttack:
+def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
     """The attack object for an 'adversary-attacks' name."""
     if name == "decoder":
         return DecoderInversion(epochs=cfg.attack_epochs)
@@ -89,8 +95,8 @@ def adversary_knowledge(cfg: RunConfig, data: LocalData, client: ClientNet) -> A
 
 def reconstruct_intercepted(cfg: RunConfig, data: LocalData, client: ClientNet, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run every configured attack on the adversarial client; images in [0, 1]."""
-    knowledge = adversary_knowledge(cfg, data, client)
-    return {name: smashed_data_attack(name, cfg).reconstruct(knowledge, smashed).clamp(0, 1) for name in cfg.attack_names}
+    observation = SmashedDataObservation(adversary_knowledge(cfg, data, client), smashed)
+    return {name: smashed_data_attack(name, cfg).reconstruct(observation).clamp(0, 1) for name in cfg.attack_names}
 
 
 @dataclass(frozen=True)

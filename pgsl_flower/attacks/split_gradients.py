@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.attacks.gradient_matching import LossFn, dlg, idlg, parameter_gradients
-from pgsl_flower.attacks.knowledge import images_from_inputs
+from pgsl_flower.attacks.gradient_matching import LossFn, observe_gradients
+from pgsl_flower.attacks.interface import GradientObservation, images_from_inputs
 from pgsl_flower.model import ClientNet, ServerNet
 from pgsl_flower.pgsl.server_model import PGSLNet, ProximalSettings, recover
 
@@ -58,22 +58,9 @@ class SplitModel:
         last = self.server.towers["fused"].head[-1] if isinstance(self.server, PGSLNet) else self.server.head[-1]
         return next(i for i, p in enumerate(self.parameters()) if p is last.weight)
 
-
-def gradient_attack(
-    model: SplitModel, method: str, inputs: torch.Tensor, label: int, num_classes: int,
-    iterations: int = 300, seed: int = 0,
-) -> tuple[torch.Tensor, int]:
-    """Observe one example's gradient, run DLG or iDLG; returns (image in [0, 1], label found)."""
-    model.client.eval()
-    model.server.eval()
-    params = model.parameters()
-    loss = model.loss_fn()
-    observed = parameter_gradients(loss, params, inputs, torch.tensor([label]))
-    kwargs = {"iterations": iterations, "seed": seed, "clamp": (0.0, 1.0)}
-    if method == "dlg":
-        result = dlg(loss, params, observed, tuple(inputs.shape[1:]), num_classes, **kwargs)
-    elif method == "idlg":
-        result = idlg(loss, params, observed, tuple(inputs.shape[1:]), num_classes, model.last_weight_index(), **kwargs)
-    else:
-        raise ValueError(f"unknown gradient attack {method!r}; known: dlg, idlg")
-    return images_from_inputs(result.inputs).clamp(0, 1), result.label
+    def observe(self, inputs: torch.Tensor, label: int, num_classes: int) -> GradientObservation:
+        """The observation: one example's gradient w.r.t. both halves, in eval mode."""
+        self.client.eval()
+        self.server.eval()
+        return observe_gradients(self.loss_fn(), self.parameters(), inputs, label, num_classes,
+                                 self.last_weight_index(), to_images=images_from_inputs)

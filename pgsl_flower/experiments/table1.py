@@ -100,7 +100,7 @@ def load_split_model(run_dir: Path, cfg: RunConfig, channels: int, num_classes: 
 def gradient_attacks(run_dir: Path, cfg: RunConfig, count: int) -> dict[str, Any]:
     """DLG and iDLG on the first ``count`` intercepted victim images; scores + reconstructions."""
     from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
-    from pgsl_flower.attacks.split_gradients import gradient_attack
+    from pgsl_flower.attacks.gradient_matching import GradientMatching
     from pgsl_flower.local_data import load_datasets
 
     train_set, _ = load_datasets(cfg)
@@ -112,10 +112,10 @@ def gradient_attacks(run_dir: Path, cfg: RunConfig, count: int) -> dict[str, Any
     for method in ("dlg", "idlg"):
         recovered, found = [], []
         for i in range(len(labels)):
-            image, label = gradient_attack(model, method, inputs[i : i + 1], int(labels[i]), len(train_set.classes),
-                                           seed=cfg.seed * 1000 + i)
-            recovered.append(image)
-            found.append(label)
+            observation = model.observe(inputs[i : i + 1], int(labels[i]), len(train_set.classes))
+            result = GradientMatching(method, seed=cfg.seed * 1000 + i).run(observation)
+            recovered.append(observation.to_images(result.inputs).clamp(0, 1))
+            found.append(result.label)
         batch = torch.cat(recovered)
         out["reconstructions"][method] = batch
         out.update({f"{method}_{k}": v for k, v in reconstruction_metrics(batch, images).items()})
@@ -202,6 +202,8 @@ def run_cell(dataset: str, defense: str, seed: int, runs_dir: Path, gradient_ima
     clients, cfg = cell_config(dataset, defense, seed)
     run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
     summary = simulate(cfg, clients, run_dir=run_dir)
+    if "attack_images" not in summary:
+        raise RuntimeError(f"the adversarial client's attack did not finish: {summary.get('attack_error', 'see the log')}")
     row: dict[str, Any] = {"final_test_accuracy": summary["final_test_accuracy"], "images": summary["attack_images"]}
     for attack in ("decoder", "gan"):
         row.update({f"{attack}_{m}": summary[f"attack_{attack}_{m}"] for m in METRICS})
@@ -326,32 +328,45 @@ def best_attacks(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[index.dropna()]
 
 
+def figure_rows(runs_dir: Path, dataset: str, seed: int, columns: int) -> dict[str, torch.Tensor]:
+    """Originals, then each attack's reconstructions without and with PGSL (first ``columns`` victims)."""
+    from pgsl_flower.attacks.interface import images_from_inputs
+
+    rows: dict[str, torch.Tensor] = {}
+    for defense in DEFENSES:
+        run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
+        if not (run_dir / "attacks.pt").exists() or not (run_dir / "gradient_attacks.pt").exists():
+            continue
+        saved = torch.load(run_dir / "attacks.pt", weights_only=True)
+        grads = torch.load(run_dir / "gradient_attacks.pt", weights_only=True)
+        rows.setdefault("original", saved["images"])
+        tag = "no defense" if defense == "none" else "PGSL"
+        if defense == "pgsl":
+            rows["PGSL: client input"] = images_from_inputs(saved["client_inputs"]).clamp(0, 1)
+        for name in ("decoder", "gan"):
+            rows[f"{tag}: {name}"] = saved["reconstructions"][name]
+        for name in ("dlg", "idlg"):
+            rows[f"{tag}: {name}"] = grads[name]
+    return {name: images[:columns] for name, images in rows.items()}
+
+
 def figures(runs_dir: Path, out: Path, datasets: list[str], seed: int, columns: int = 8) -> list[Path]:
-    """Fig. 4 analog per dataset: originals, then each attack's reconstructions without and with PGSL."""
+    """Fig. 4 analog per dataset (``fig4_<dataset>.png``). The images shown are kept in
+    ``fig4_<dataset>.pt`` so ``--report-only`` redraws them without the per-run outputs."""
     from pgsl_flower.attacks.figures import save_grid
-    from pgsl_flower.attacks.knowledge import images_from_inputs
 
     written = []
     for dataset in datasets:
-        rows: dict[str, torch.Tensor] = {}
-        for defense in DEFENSES:
-            run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
-            if not (run_dir / "attacks.pt").exists() or not (run_dir / "gradient_attacks.pt").exists():
-                continue
-            saved = torch.load(run_dir / "attacks.pt", weights_only=True)
-            grads = torch.load(run_dir / "gradient_attacks.pt", weights_only=True)
-            rows.setdefault("original", saved["images"])
-            tag = "no defense" if defense == "none" else "PGSL"
-            if defense == "pgsl":
-                rows["PGSL: client input"] = images_from_inputs(saved["client_inputs"]).clamp(0, 1)
-            for name in ("decoder", "gan"):
-                rows[f"{tag}: {name}"] = saved["reconstructions"][name]
-            for name in ("dlg", "idlg"):
-                rows[f"{tag}: {name}"] = grads[name]
+        data_path = out / f"fig4_{dataset}.pt"
+        rows = figure_rows(runs_dir, dataset, seed, columns)
+        if len(rows) > 1:
+            torch.save({"seed": seed, "rows": rows}, data_path)
+        elif data_path.exists():
+            saved = torch.load(data_path, weights_only=True)
+            rows, seed = saved["rows"], saved["seed"]
         if len(rows) > 1:
             path = out / f"fig4_{dataset}.png"
-            save_grid(path, {k: v[:columns] for k, v in rows.items()}, columns=columns,
-                      title=f"{dataset}: victims' images and reconstructions (seed {seed})")
+            save_grid(path, rows, columns=columns, title=f"{dataset}: victims' images and reconstructions (seed {seed})")
             written.append(path)
     return written
 
