@@ -103,6 +103,21 @@ def test_dlg_optimises_the_label_too(mnist):
         GradientMatching("gradinversion")
 
 
+def test_inverting_gradients_uses_idlg_label_and_recovers(mnist):
+    _, test = mnist
+    torch.manual_seed(3)
+    model = _LeNet()
+    for p in model.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    params = list(model.parameters())
+    x, y = test.images[3:4].float() / 255, int(test.labels[3])
+    observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+    result = GradientMatching("ig", iterations=300).run(observation)
+    assert result.label == y
+    assert 0.0 <= float(result.inputs.min()) and float(result.inputs.max()) <= 1.0  # projected into the box
+    assert float(((result.inputs - x) ** 2).mean()) < 1e-2
+
+
 def test_idlg_label_rule():
     grad = torch.tensor([[0.2, 0.1], [-0.5, -0.4], [0.3, 0.0]])
     assert idlg_label(grad) == 1

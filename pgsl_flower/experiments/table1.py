@@ -6,9 +6,10 @@ One cell per (dataset, defense, seed), defense in {none, pgsl}:
    adversarial client: in the final round it intercepts the first smashed batch
    of every other client and runs the **decoder** and **DCGAN-prior**
    inversions on it with its own data (``pgsl_flower.attacks.interception``);
-2. **DLG** and **iDLG** on the first ``--gradient-images`` of those victim
-   images, against the run's final split model; observation: one example's
-   gradient w.r.t. both halves (``pgsl_flower.attacks.split_gradients``);
+2. **DLG**, **iDLG** and **Inverting Gradients** (IG) on the first
+   ``--gradient-images`` of those victim images, against the run's final split
+   model; observation: one example's gradient w.r.t. both halves
+   (``pgsl_flower.attacks.split_gradients``);
 3. **adversarial examples** (ART: JSMA, C&W, BIM, FGSM) on test images,
    crafted white-box against the undefended run's final model; the PGSL cell of
    the same seed is scored on the same adversarial images (a transfer attack:
@@ -39,7 +40,8 @@ import torch
 from pgsl_flower.config import RunConfig
 
 DEFENSES = ("none", "pgsl")
-RECONSTRUCTION_ATTACKS = ("decoder", "gan", "dlg", "idlg")
+RECONSTRUCTION_ATTACKS = ("decoder", "gan", "dlg", "idlg", "ig")
+GRADIENT_ATTACK_NAMES = ("dlg", "idlg", "ig")
 ADVERSARIAL_ATTACKS = ("jsma", "cw", "bim", "fgsm")
 METRICS = ("mse", "psnr", "ssim", "attacker_accuracy")
 
@@ -70,7 +72,7 @@ BASE_COLUMNS = ("dataset", "defense", "seed", "status", "num_clients", "final_te
 RUN_COLUMNS = (
     *BASE_COLUMNS,
     *(f"{a}_{m}" for a in RECONSTRUCTION_ATTACKS for m in METRICS),
-    "dlg_label_accuracy", "idlg_label_accuracy",
+    *(f"{a}_label_accuracy" for a in GRADIENT_ATTACK_NAMES),
     *(f"adv_{a}_accuracy" for a in ADVERSARIAL_ATTACKS),
 )
 
@@ -109,7 +111,7 @@ def gradient_attacks(run_dir: Path, cfg: RunConfig, count: int) -> dict[str, Any
     model = load_split_model(run_dir, cfg, images.shape[1], len(train_set.classes))
     classifier = clean_classifier(train_set, cfg.seed)
     out: dict[str, Any] = {"gradient_images": len(labels), "reconstructions": {}}
-    for method in ("dlg", "idlg"):
+    for method in GRADIENT_ATTACK_NAMES:
         recovered, found = [], []
         for i in range(len(labels)):
             observation = model.observe(inputs[i : i + 1], int(labels[i]), len(train_set.classes))
@@ -345,7 +347,7 @@ def figure_rows(runs_dir: Path, dataset: str, seed: int, columns: int) -> dict[s
             rows["PGSL: client input"] = images_from_inputs(saved["client_inputs"]).clamp(0, 1)
         for name in ("decoder", "gan"):
             rows[f"{tag}: {name}"] = saved["reconstructions"][name]
-        for name in ("dlg", "idlg"):
+        for name in GRADIENT_ATTACK_NAMES:
             rows[f"{tag}: {name}"] = grads[name]
     return {name: images[:columns] for name, images in rows.items()}
 
