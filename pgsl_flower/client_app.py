@@ -224,7 +224,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
                 f"(run-config 'adversary' = {client.cfg.adversary}); honest clients refuse query.attack"
             )
         content = message.content
-        client.load_weights(content[protocol.CLIENT_WEIGHTS])
+        client.load_weights(protocol.require_record(content, protocol.CLIENT_WEIGHTS, ArrayRecord))
         smashed = protocol.array_to_tensor(
             protocol.require_array(
                 protocol.require_record(content, protocol.INTERCEPTED, ArrayRecord), "h", protocol.INTERCEPTED

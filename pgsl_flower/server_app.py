@@ -205,10 +205,10 @@ def _run_adversary(
         reconstructions = trainer.request_attack(
             interceptor.adversary_node, smashed, round_weights, tuple(train_set.images.shape[1:]), cfg.attack_names
         )
+        truth = ground_truth(cfg, interceptor.batches, trainer.partitions, num_partitions, round_weights)
     except (RuntimeError, protocol.PayloadError) as err:  # the trained model is kept; the attack is reported failed
         log(WARNING, "adversary: attack failed: %s", err)
         return {"attack_error": str(err)}
-    truth = ground_truth(cfg, interceptor.batches, trainer.partitions, num_partitions, round_weights)
     scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed)
     write_attack_outputs(run_dir, reconstructions, truth, scores)
     for name, values in scores.items():

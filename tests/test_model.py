@@ -6,7 +6,7 @@ from flwr.app import Context, RecordDict
 from pgsl_flower import protocol
 from pgsl_flower.client_app import SplitClient
 from pgsl_flower.config import RunConfig
-from pgsl_flower.local_data import batch_indices
+from pgsl_flower.local_data import batch_indices, client_order_seed
 from pgsl_flower.model import ClientNet, ServerNet, SplitNet, input_channels, make_optimizer, prepare_input
 from pgsl_flower.strategy import fedavg
 
@@ -86,7 +86,7 @@ def test_client_protocol_step_equals_direct_training(tmp_path):
         client.apply_gradient(ArrayRecord({"h": protocol.tensor_to_array(grad_h)}))
         client.save()
 
-        idx = batch_indices(len(client.data.train_labels), 16, counter, client._order_seed)
+        idx = batch_indices(len(client.data.train_labels), 16, counter, client_order_seed(client.cfg, client.partition_id))
         assert torch.equal(client.data.labels(idx), labels)
         reference.train()
         ref_loss = torch.nn.functional.cross_entropy(server(reference(client.data.inputs(idx))), labels)
