@@ -70,16 +70,21 @@ class _LeNet(nn.Module):
         return self.fc(self.body(x).flatten(1))
 
 
-def test_idlg_recovers_a_single_image_and_its_label(mnist):
-    _, test = mnist
-    torch.manual_seed(1)
+def _lenet_observation(test, index: int, seed: int):
+    """A randomly initialised LeNet's gradient on test image ``index``: (observation, x, y)."""
+    torch.manual_seed(seed)
     model = _LeNet()
     for p in model.parameters():
         nn.init.uniform_(p, -0.5, 0.5)
     params = list(model.parameters())
+    x, y = test.images[index : index + 1].float() / 255, int(test.labels[index])
+    observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+    return observation, x, y
+
+
+def test_idlg_recovers_a_single_image_and_its_label(mnist):
     for index in (0, 1):
-        x, y = test.images[index : index + 1].float() / 255, int(test.labels[index])
-        observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+        observation, x, y = _lenet_observation(mnist[1], index, seed=1)
         attack = GradientMatching("idlg", iterations=300)
         assert attack.run(observation).label == y  # from the last layer's gradient signs alone
         assert float(((attack.reconstruct(observation) - x) ** 2).mean()) < 1e-3
@@ -88,14 +93,7 @@ def test_idlg_recovers_a_single_image_and_its_label(mnist):
 
 
 def test_dlg_optimises_the_label_too(mnist):
-    _, test = mnist
-    torch.manual_seed(2)
-    model = _LeNet()
-    for p in model.parameters():
-        nn.init.uniform_(p, -0.5, 0.5)
-    params = list(model.parameters())
-    x, y = test.images[2:3].float() / 255, int(test.labels[2])
-    observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+    observation, x, y = _lenet_observation(mnist[1], 2, seed=2)
     result = GradientMatching("dlg", iterations=300).run(observation)
     assert result.label == y
     assert float(((result.inputs.clamp(0, 1) - x) ** 2).mean()) < 1e-2
@@ -104,14 +102,7 @@ def test_dlg_optimises_the_label_too(mnist):
 
 
 def test_inverting_gradients_uses_idlg_label_and_recovers(mnist):
-    _, test = mnist
-    torch.manual_seed(3)
-    model = _LeNet()
-    for p in model.parameters():
-        nn.init.uniform_(p, -0.5, 0.5)
-    params = list(model.parameters())
-    x, y = test.images[3:4].float() / 255, int(test.labels[3])
-    observation = observe_gradients(cross_entropy_loss(model), params, x, y, 10, last_weight_index=len(params) - 2)
+    observation, x, y = _lenet_observation(mnist[1], 3, seed=3)
     result = GradientMatching("ig", iterations=300).run(observation)
     assert result.label == y
     assert 0.0 <= float(result.inputs.min()) and float(result.inputs.max()) <= 1.0  # projected into the box

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import pandas as pd
 import torch
 
 from pgsl_flower.config import RunConfig
+from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
 
 DEFENSES = ("none", "pgsl")
 RECONSTRUCTION_ATTACKS = ("decoder", "gan", "dlg", "idlg", "ig")
@@ -195,10 +194,10 @@ class _Scorer:
 
 
 def _load_runs(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(RUN_COLUMNS))
+    return load_runs(path, RUN_COLUMNS)
 
 
-def run_cell(dataset: str, defense: str, seed: int, runs_dir: Path, gradient_images: int | None) -> dict[str, Any]:
+def cell_results(dataset: str, defense: str, seed: int, runs_dir: Path, gradient_images: int | None) -> dict[str, Any]:
     from pgsl_flower.simulation import simulate
 
     clients, cfg = cell_config(dataset, defense, seed)
@@ -224,23 +223,16 @@ def run_cells(datasets: list[str], seeds: list[int], out: Path, runs_dir: Path,
     for dataset in datasets:
         for seed in seeds:
             for defense in DEFENSES:  # none first: PGSL's transfer row reads its adversarial images
-                cell = (runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed)
-                if (runs[cell].status == "ok").any():
+                key = {"dataset": dataset, "defense": defense, "seed": seed}
+                if is_done(runs, key):
                     continue
                 print(f"table1: {dataset} {defense} seed {seed}", flush=True)
-                row: dict[str, Any] = {"dataset": dataset, "defense": defense, "seed": seed,
-                                       "num_clients": SETTINGS[dataset][0]}
-                started = time.perf_counter()
-                try:
-                    row.update(run_cell(dataset, defense, seed, runs_dir, gradient_images))
-                    row["status"] = "ok"
-                except Exception as err:  # noqa: BLE001 - recorded; the next cell still runs
-                    traceback.print_exc()
-                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
-                row["wall_seconds"] = round(time.perf_counter() - started, 1)
-                runs = pd.concat([runs[~cell], pd.DataFrame([row])], ignore_index=True).reindex(columns=list(RUN_COLUMNS))
-                out.mkdir(parents=True, exist_ok=True)
-                runs.to_csv(path, index=False)
+
+                def body(dataset: str = dataset, defense: str = defense, seed: int = seed) -> dict[str, Any]:
+                    row = cell_results(dataset, defense, seed, runs_dir, gradient_images)
+                    return {"num_clients": SETTINGS[dataset][0], **row}
+
+                runs = run_cell(runs, key, body, path, RUN_COLUMNS)
     return runs
 
 

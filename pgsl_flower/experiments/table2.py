@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pgsl_flower.config import RunConfig
+from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
 
 DEFENSES = ("none", "pixel-attack", "pgsl")
 
@@ -74,15 +73,13 @@ def cell_config(dataset: str, defense: str, seed: int) -> tuple[int, RunConfig]:
 
 
 def _load_runs(path: Path) -> pd.DataFrame:
-    if path.exists():
-        return pd.read_csv(path)
-    return pd.DataFrame(columns=list(RUN_COLUMNS))
+    return load_runs(path, RUN_COLUMNS)
 
 
 def run_cells(
     datasets: list[str], defenses: list[str], seeds: list[int], out: Path, runs_dir: Path
 ) -> pd.DataFrame:
-    """Run every missing cell; append each result to ``out/runs.csv`` as it finishes.
+    """Run every missing cell; ``out/runs.csv`` is rewritten as each finishes.
 
     Each run's own outputs (metrics.csv per round, model) go to ``runs_dir``.
     """
@@ -93,28 +90,19 @@ def run_cells(
     for dataset in datasets:
         for seed in seeds:
             for defense in defenses:
-                cell = (runs.dataset == dataset) & (runs.defense == defense) & (runs.seed == seed)
-                if (runs[cell].status == "ok").any():
+                key = {"dataset": dataset, "defense": defense, "seed": seed}
+                if is_done(runs, key):
                     continue
                 clients = SETTINGS[dataset][0]
                 print(f"table2: {dataset} {defense} seed {seed} ({clients} clients)", flush=True)
-                row: dict[str, Any] = {"dataset": dataset, "defense": defense, "seed": seed,
-                                       "num_clients": clients, "config": str(SETTINGS[dataset][1])}
-                started = time.perf_counter()
-                try:
-                    _, cfg = cell_config(dataset, defense, seed)
-                    run_dir = runs_dir / f"{dataset}-{defense}-s{seed}"
-                    summary = simulate(cfg, clients, run_dir=run_dir)
-                    row.update({k: summary[k] for k in RUN_COLUMNS if k in summary})
-                    row["status"] = "ok"
-                except Exception as err:  # noqa: BLE001 - recorded, the next cell still runs
-                    traceback.print_exc()
-                    row.update(status="failed", error=f"{type(err).__name__}: {err}")
-                row["wall_seconds"] = round(time.perf_counter() - started, 1)
-                runs = pd.concat([runs[~cell], pd.DataFrame([row])], ignore_index=True)
-                out.mkdir(parents=True, exist_ok=True)
-                runs = runs.reindex(columns=list(RUN_COLUMNS))
-                runs.to_csv(path, index=False)
+
+                def body(dataset: str = dataset, defense: str = defense, seed: int = seed) -> dict[str, Any]:
+                    row = {"num_clients": SETTINGS[dataset][0], "config": str(SETTINGS[dataset][1])}
+                    clients, cfg = cell_config(dataset, defense, seed)
+                    summary = simulate(cfg, clients, run_dir=runs_dir / f"{dataset}-{defense}-s{seed}")
+                    return {**row, **{k: summary[k] for k in RUN_COLUMNS if k in summary}}
+
+                runs = run_cell(runs, key, body, path, RUN_COLUMNS)
     return runs
 
 

@@ -1,0 +1,56 @@
+"""Resumable experiment cells: one row per cell in a ``runs.csv``.
+
+A cell is identified by its key columns (e.g. dataset, defense, seed). A cell
+whose row has ``status == "ok"`` is skipped on the next run; a failed cell is
+recorded with its error (and retried next time) without stopping the others.
+The CSV is rewritten after every cell, so an interruption loses at most the
+cell in progress.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def load_runs(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """``runs.csv`` if present, else an empty frame with ``columns``."""
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(columns))
+
+
+def _selector(runs: pd.DataFrame, key: Mapping[str, Any]) -> pd.Series:
+    mask = pd.Series(True, index=runs.index)
+    for column, value in key.items():
+        mask &= runs[column] == value
+    return mask
+
+
+def is_done(runs: pd.DataFrame, key: Mapping[str, Any]) -> bool:
+    """Whether the cell has a finished (``ok``) row."""
+    return bool((runs[_selector(runs, key)].status == "ok").any())
+
+
+def run_cell(
+    runs: pd.DataFrame, key: Mapping[str, Any], body: Callable[[], Mapping[str, Any]], path: Path,
+    columns: Sequence[str],
+) -> pd.DataFrame:
+    """Run ``body`` for one cell, record its row (results, or the error) and rewrite ``path``."""
+    row: dict[str, Any] = dict(key)
+    started = time.perf_counter()
+    try:
+        row.update(body())
+        row["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - recorded; the next cell still runs
+        traceback.print_exc()
+        row.update(status="failed", error=f"{type(err).__name__}: {err}")
+    row["wall_seconds"] = round(time.perf_counter() - started, 1)
+    runs = pd.concat([runs[~_selector(runs, key)], pd.DataFrame([row])], ignore_index=True)
+    runs = runs.reindex(columns=list(columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(path, index=False)
+    return runs
