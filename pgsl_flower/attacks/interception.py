@@ -3,8 +3,9 @@
 Interception is modelled explicitly (paper Section III, honest-but-curious):
 
 1. :class:`Interceptor` is the network tap. During the final round it copies the
-   first batch of smashed data each *other* client sends, with that client's
-   batch counter (for scoring only), up to ``adversary-images`` images. The
+   first batch of smashed data each *other* client sends, in the server's
+   processing order (node order), with that client's batch counter (for scoring
+   only), until it holds ``adversary-images`` images. The
    first batch of a SplitFed round is computed with the round's shared client
    part, which the adversary also received.
 2. After training, the server sends the adversarial client (run-config
