@@ -54,7 +54,7 @@ SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
 ADVERSARY = {"adversary": 0, "adversary-images": 64}
 #: Test images attacked with ART per dataset (the first of the test set).
 ADVERSARIAL_TEST_IMAGES = {"mnist": 200, "mias": 24}
-#: Victim images attacked by DLG and iDLG per cell (one L-BFGS run each).
+#: Victim images attacked by DLG, iDLG and IG per cell (one optimisation each).
 GRADIENT_IMAGES = {"mnist": 8, "mias": 3}
 
 #: The paper's Table I MSE (MIAS, MNIST). Its decoder-style black-box model
@@ -100,7 +100,7 @@ def load_split_model(run_dir: Path, cfg: RunConfig, channels: int, num_classes: 
 
 
 def gradient_attacks(run_dir: Path, cfg: RunConfig, count: int) -> dict[str, Any]:
-    """DLG and iDLG on the first ``count`` intercepted victim images; scores + reconstructions."""
+    """DLG, iDLG and IG on the first ``count`` intercepted victim images; scores + reconstructions."""
     from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
     from pgsl_flower.attacks.gradient_matching import GradientMatching
     from pgsl_flower.local_data import load_datasets
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["mnist", "mias"], choices=sorted(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--gradient-images", type=int, default=None,
-                        help=f"victim images attacked by DLG and iDLG (default per dataset: {GRADIENT_IMAGES})")
+                        help=f"victim images attacked by DLG, iDLG and IG (default per dataset: {GRADIENT_IMAGES})")
     parser.add_argument("--runs-dir", type=Path, default=Path("outputs/table1"), help="per-run outputs")
     parser.add_argument("--report-only", action="store_true", help="render from runs.csv and runs-dir, run nothing")
     args = parser.parse_args(argv)
