@@ -152,7 +152,7 @@ def adversarial_accuracies(run_dir: Path, cfg: RunConfig, runs_dir: Path, datase
         return {}
     crafted = torch.load(source, weights_only=True)
     model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
-    scorer = _Scorer(model.server) if cfg.defense == "pgsl" else _PlainScorer(model.server)
+    scorer = _PGSLScorer(model.server, model.proximal) if cfg.defense == "pgsl" else _PlainScorer(model.server)
     out = {}
     for name, adversarial in crafted.items():
         inputs = harness_inputs(cfg, train_set, (adversarial * 255).round().to(torch.uint8))
@@ -173,13 +173,11 @@ class _PlainScorer:
         return scores["output"]
 
 
-class _Scorer:
+class _PGSLScorer:
     """PGSL's three streams and decision fusion from a loaded :class:`PGSLNet`."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
-        from pgsl_flower.pgsl.server_model import ProximalSettings
-
-        self.net, self.settings = net.eval(), ProximalSettings()
+    def __init__(self, net: torch.nn.Module, settings) -> None:  # noqa: ANN001 - ProximalSettings
+        self.net, self.settings = net.eval(), settings
 
     @torch.no_grad()
     def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
