@@ -136,14 +136,16 @@ def adversarial_accuracies(run_dir: Path, cfg: RunConfig, runs_dir: Path, datase
     from pgsl_flower.evaluation import evaluate_split
     from pgsl_flower.local_data import load_datasets
     from pgsl_flower.model import prepare_input
+    from pgsl_flower.pgsl.server_model import PGSLServerModel
     from pgsl_flower.server_app import harness_inputs
+    from pgsl_flower.strategy import ServerModel
 
     train_set, test_set = load_datasets(cfg)
     count = ADVERSARIAL_TEST_IMAGES[dataset]
     labels = test_set.labels[:count]
     source = runs_dir / f"{dataset}-none-s{seed}" / "adversarial.pt"
+    model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
     if cfg.defense == "none":
-        model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
         classifier = ImageClassifier(prepare_input, torch.nn.Sequential(model.client, model.server)).eval()
         clean = test_set.images[:count].float() / 255
         crafted = {name: adversarial_examples(classifier, clean, len(train_set.classes), name) for name in ADVERSARIAL_ATTACKS}
@@ -151,45 +153,14 @@ def adversarial_accuracies(run_dir: Path, cfg: RunConfig, runs_dir: Path, datase
     elif not source.exists():
         return {}
     crafted = torch.load(source, weights_only=True)
-    model = load_split_model(run_dir, cfg, test_set.images.shape[1], len(train_set.classes))
-    scorer = _PGSLScorer(model.server, model.proximal) if cfg.defense == "pgsl" else _PlainScorer(model.server)
+    kind = PGSLServerModel if cfg.defense == "pgsl" else ServerModel
+    scorer = kind(cfg, len(train_set.classes), torch.device("cpu"))
+    scorer.model.load_state_dict(model.server.state_dict())
     out = {}
     for name, adversarial in crafted.items():
         inputs = harness_inputs(cfg, train_set, (adversarial * 255).round().to(torch.uint8))
         out[f"adv_{name}_accuracy"] = evaluate_split(model.client, scorer, inputs, labels)["accuracy"]
     return out
-
-
-class _PlainScorer:
-    def __init__(self, server: torch.nn.Module) -> None:
-        self.server = server.eval()
-
-    @torch.no_grad()
-    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"output": self.server(smashed).softmax(1)}
-
-    @staticmethod
-    def decide(scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        return scores["output"]
-
-
-class _PGSLScorer:
-    """PGSL's three streams and decision fusion from a loaded :class:`PGSLNet`."""
-
-    def __init__(self, net: torch.nn.Module, settings) -> None:  # noqa: ANN001 - ProximalSettings
-        self.net, self.settings = net.eval(), settings
-
-    @torch.no_grad()
-    def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
-        from pgsl_flower.pgsl.server_model import recover
-
-        return {name: out.softmax(1) for name, out in self.net(smashed, recover(smashed, self.settings)).items()}
-
-    @staticmethod
-    def decide(scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        from pgsl_flower.pgsl.server_model import PGSLServerModel
-
-        return PGSLServerModel.decide(scores)
 
 
 def _load_runs(path: Path) -> pd.DataFrame:
@@ -350,20 +321,14 @@ def figure_rows(runs_dir: Path, dataset: str, seed: int, columns: int) -> dict[s
 
 
 def figures(runs_dir: Path, out: Path, datasets: list[str], seed: int, columns: int = 8) -> list[Path]:
-    """Fig. 4 analog per dataset (``fig4_<dataset>.png``). The images shown are kept in
-    ``fig4_<dataset>.pt`` so ``--report-only`` redraws them without the per-run outputs."""
+    """Fig. 4 analog per dataset (``fig4_<dataset>.png``), drawn from the per-run outputs
+    in ``runs_dir``; without them an existing PNG is left as it is (the images are
+    data and are not kept elsewhere)."""
     from pgsl_flower.attacks.figures import save_grid
 
     written = []
     for dataset in datasets:
-        data_path = out / f"fig4_{dataset}.pt"
         rows = figure_rows(runs_dir, dataset, seed, columns)
-        if len(rows) > 1:  # kept as 8-bit images: what the PNG shows, at a quarter of the size
-            kept = {name: (images.clamp(0, 1) * 255).round().to(torch.uint8) for name, images in rows.items()}
-            torch.save({"seed": seed, "rows": kept}, data_path)
-        elif data_path.exists():
-            saved = torch.load(data_path, weights_only=True)
-            rows, seed = {name: images.float() / 255 for name, images in saved["rows"].items()}, saved["seed"]
         if len(rows) > 1:
             path = out / f"fig4_{dataset}.png"
             save_grid(path, rows, columns=columns, title=f"{dataset}: victims' images and reconstructions (seed {seed})")
