@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from pgsl_flower.checkpoint import CheckpointError
 from pgsl_flower.config import ConfigError
 from pgsl_flower.data import DataError
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             client_cpus=args.client_cpus,
             client_gpus=args.client_gpus,
         )
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

@@ -1,31 +1,41 @@
 """ClientApp: the hospital side of split learning.
 
 The client owns its raw images and the pre-cut layers (conv1-conv2). Per
-``train.step`` message it (1) applies the server's dL/dh to the batch it sent
-last, then (2) sends the smashed data of its next batch. Both happen in one
-message so a training step costs one exchange, not two.
+``train.step`` message it (1) applies the server's dL/dh to the batches it sent
+last, then (2) sends the smashed data of its next batches (``batches-per-message``,
+1 by default). Both happen in one message so a training step costs one
+exchange, not two.
 
 Only ``context.state`` survives between messages, so the client's model,
 optimizer and batch counter live there. The autograd graph of the previous
 batch does not survive either: step (1) recomputes the client forward pass on
-the same batch with the same weights (BN batch statistics are identical; the
-running statistics are restored so they are updated once per batch), which
-gives exactly the h the server differentiated.
+the same batch (BN batch statistics are identical; BN running statistics are
+updated by this recomputation only, once per batch, at the weights being
+trained). With one batch per message the weights are the same too, which gives
+exactly the h the server differentiated; with k batches, see
+:meth:`SplitClient.apply_gradients`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from pgsl_flower import protocol
+from pgsl_flower import checkpoint, protocol
 from pgsl_flower.config import RunConfig, parse_run_config
-from pgsl_flower.local_data import LocalData, batch_indices, client_order_seed, local_data
+from pgsl_flower.local_data import (
+    LocalData,
+    batch_indices,
+    client_order_seed,
+    local_data,
+    site_local_data,
+)
 from pgsl_flower.model import CONV_CHANNELS, ClientNet, decayed_step, make_optimizer
 
 _MODEL_KEY = "client-model"
@@ -33,23 +43,33 @@ _OPTIM_KEY = "client-optimizer"
 _PROGRESS_KEY = "client-progress"
 
 
-def _partition(context: Context) -> tuple[int, int]:
-    node = context.node_config
+def _partition(context: Context) -> int:
     try:
-        return int(node["partition-id"]), int(node["num-partitions"])
-    except KeyError as err:
+        return int(context.node_config["partition-id"])
+    except KeyError:
         raise ValueError(
-            f"node-config key {err} missing: each SuperNode needs 'partition-id' and "
-            "'num-partitions' (simulation sets them)"
+            "node-config key 'partition-id' missing: each SuperNode needs a unique 'partition-id' "
+            "(simulation sets it; a site passes it with --node-config)"
         ) from None
+
+
+def _local_data(cfg: RunConfig, context: Context, partition_id: int) -> LocalData:
+    """The site's folder (node-config 'data-dir'), else partition 'partition-id' of
+    'num-partitions' of the dataset (simulation)."""
+    node = context.node_config
+    if node.get("data-dir"):
+        return site_local_data(cfg, str(node["data-dir"]), partition_id, int(node.get("bit-depth", 8)))
+    if "num-partitions" not in node:
+        raise ValueError(
+            "node-config needs 'data-dir' (the site's image folder) or 'num-partitions' "
+            "(a partition of the dataset, as in simulation)"
+        )
+    return local_data(cfg, partition_id, int(node["num-partitions"]))
 
 
 @contextmanager
 def _frozen_running_stats(model: torch.nn.Module) -> Iterator[None]:
-    """Forward and backward in train mode, then put BN running statistics back.
-
-    Restored only on exit: BN's backward reads the buffers it saw in the forward.
-    """
+    """Run a train-mode forward, then put BN running statistics back."""
     saved = {name: buf.clone() for name, buf in model.named_buffers()}
     try:
         yield
@@ -65,8 +85,8 @@ class SplitClient:
     def __init__(self, cfg: RunConfig, context: Context) -> None:
         self.cfg = cfg
         self.context = context
-        self.partition_id, num_partitions = _partition(context)
-        self.data: LocalData = local_data(cfg, self.partition_id, num_partitions)
+        self.partition_id = _partition(context)
+        self.data: LocalData = _local_data(cfg, context, self.partition_id)
         channels = self.data.train_images.shape[1]
         self.model = ClientNet(channels)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
@@ -77,7 +97,12 @@ class SplitClient:
             _load_adam_state(self.optimizer, state[_OPTIM_KEY])
         progress = state[_PROGRESS_KEY] if _PROGRESS_KEY in state else ConfigRecord()
         self.counter = int(progress.get("batch-counter", 0))
-        self.pending = int(progress.get("pending", -1))  # counter of batch awaiting dL/dh
+        # the batches sent last and awaiting dL/dh: counters pending-first .. + pending-count - 1
+        self.pending_first = int(progress.get("pending-first", 0))
+        self.pending_count = int(progress.get("pending-count", 0))
+        self.run_key = str(progress.get("run-key", ""))
+        self.round = int(progress.get("round", 0))
+        self.fresh = not self.run_key  # no round of this run started here yet
 
     def _indices(self, counter: int) -> torch.Tensor:
         n = self.data.train_labels.shape[0]
@@ -90,36 +115,53 @@ class SplitClient:
         )
         self.model.load_state_dict(weights)
 
-    def apply_gradient(self, record: ArrayRecord) -> None:
-        """Backpropagate the server's dL/dh through the pre-cut layers and step."""
-        if self.pending < 0:
-            raise protocol.PayloadError("field 'grad.h': no batch is awaiting a gradient")
-        inputs = self.data.inputs(self._indices(self.pending))
+    @property
+    def smashed_side(self) -> tuple[int, int]:
+        return tuple(side // 2 for side in self.data.train_images.shape[-2:])  # type: ignore[return-value]
+
+    def apply_gradients(self, content: RecordDict) -> None:
+        """Backpropagate the server's dL/dh of the pending batches, one optimizer step each.
+
+        All gradients are validated before any is applied. Batch i is recomputed at
+        the *current* weights and takes the gradient the server computed on the h
+        sent before any of this message's steps: with ``batches-per-message`` = k,
+        dL/dh is stale by up to k - 1 client steps (exact for k = 1).
+        """
+        if self.pending_count < 1:
+            raise protocol.PayloadError("records 'grad.*': no batch is awaiting a gradient")
+        counters = range(self.pending_first, self.pending_first + self.pending_count)
+        indices = [self._indices(counter) for counter in counters]
+        grads = protocol.decode_gradients(
+            content,
+            [(len(idx), CONV_CHANNELS, *self.smashed_side) for idx in indices],
+            max_bytes=self.cfg.max_payload_bytes,
+        )
         self.model.train()
-        with _frozen_running_stats(self.model):
-            smashed = self.model(inputs)
-            grad = protocol.array_to_tensor(
-                protocol.require_array(record, "h", protocol.GRAD),
-                field=f"{protocol.GRAD}.h",
-                dtype=torch.float32,
-                shape=tuple(smashed.shape),
-                max_bytes=self.cfg.max_payload_bytes,
-            )
+        for counter, idx, grad in zip(counters, indices, grads, strict=True):
+            smashed = self.model(self.data.inputs(idx))  # updates BN running stats, at the current weights
             self.optimizer.zero_grad(set_to_none=True)
             smashed.backward(grad)
-        decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.pending)
-        self.pending = -1
+            decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
+        self.pending_count = 0
 
-    def forward_next(self) -> ArrayRecord:
-        """Smashed data and labels of the next batch (train mode, no graph kept)."""
-        indices = self._indices(self.counter)
+    def forward_next(self, count: int = 1) -> dict[str, ArrayRecord]:
+        """Smashed data and labels of the next ``count`` batches (train mode, no graph kept),
+        as records ``batch.0 .. batch.{count-1}``; all computed with the current weights."""
+        if not 1 <= count <= self.cfg.batches_per_message:
+            raise protocol.PayloadError(
+                f"field 'instructions.forward' = {count}, expected 1..{self.cfg.batches_per_message} "
+                "(run-config 'batches-per-message')"
+            )
         self.model.train()
-        with torch.no_grad():
-            smashed = self.model(self.data.inputs(indices))
-        labels = self.data.labels(indices)
-        self.pending = self.counter
-        self.counter += 1
-        return protocol.encode_batch(smashed, labels)
+        records = {}
+        self.pending_first, self.pending_count = self.counter, count
+        for i in range(count):
+            indices = self._indices(self.counter + i)
+            with torch.no_grad(), _frozen_running_stats(self.model):  # updated once, in apply_gradients
+                smashed = self.model(self.data.inputs(indices))
+            records[protocol.batch_record(i)] = protocol.encode_batch(smashed, self.data.labels(indices))
+        self.counter += count
+        return records
 
     @property
     def holdout_count(self) -> int:
@@ -138,7 +180,36 @@ class SplitClient:
         state = self.context.state
         state[_MODEL_KEY] = ArrayRecord(self.model.state_dict())
         state[_OPTIM_KEY] = _adam_state_record(self.optimizer)
-        state[_PROGRESS_KEY] = ConfigRecord({"batch-counter": self.counter, "pending": self.pending})
+        state[_PROGRESS_KEY] = ConfigRecord({
+            "batch-counter": self.counter, "pending-first": self.pending_first,
+            "pending-count": self.pending_count, "run-key": self.run_key, "round": self.round,
+        })
+
+    # -- the site's own checkpoint (resume after a restart) ----------------------------------
+    def state_dir(self) -> Path:
+        """Where this site keeps its checkpoints: node-config 'state-dir', else
+        ``<output-dir>/client-state``; one folder per run key."""
+        root = self.context.node_config.get("state-dir") or Path(self.cfg.output_dir) / "client-state"
+        return Path(str(root)).resolve() / self.run_key
+
+    def start_round(self, instructions: ConfigRecord) -> None:
+        """A round's first message: remember run key and round; after a server restart
+        (``resume-round``), a fresh client reloads its own state of that round."""
+        self.run_key = str(instructions.get("run-key", ""))
+        self.round = int(instructions.get("round", 0))
+        resume = int(instructions.get("resume-round", 0))
+        if resume and self.fresh and self.run_key:
+            saved = checkpoint.load_client_state(self.state_dir(), self.partition_id, resume)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.counter = int(saved["batch-counter"])
+
+    def save_round_state(self) -> None:
+        """After a round's closing message: write optimizer state and batch counter (atomic)."""
+        if self.run_key:
+            checkpoint.save_client_state(
+                self.state_dir(), self.partition_id, self.round,
+                {"optimizer": self.optimizer.state_dict(), "batch-counter": self.counter},
+            )
 
 
 def _adam_state_record(optimizer: torch.optim.Optimizer) -> ArrayRecord:
@@ -199,17 +270,20 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
         content = message.content
         if protocol.CLIENT_WEIGHTS in content:
             client.load_weights(content[protocol.CLIENT_WEIGHTS])
-        if protocol.GRAD in content:
-            client.apply_gradient(content[protocol.GRAD])
         instructions = protocol.require_record(content, protocol.INSTRUCTIONS, ConfigRecord)
-        reply = RecordDict()
-        if instructions.get("forward", False):
-            reply[protocol.BATCH] = client.forward_next()
+        if "round" in instructions:
+            client.start_round(instructions)
+        if protocol.grad_record(0) in content:
+            client.apply_gradients(content)
+        client.pending_count = 0  # batches without a gradient were dropped by the server
+        forward = int(instructions.get("forward", 0))
+        reply = RecordDict(client.forward_next(forward) if forward else {})
         if instructions.get("send-weights", False):
             reply[protocol.CLIENT_WEIGHTS] = ArrayRecord(client.model.state_dict())
             reply[protocol.INFO] = ConfigRecord(
                 {"num-train": int(client.data.train_labels.shape[0])}
             )
+            client.save_round_state()
         return reply
 
     @client_app.query("attack")

@@ -49,9 +49,11 @@ class RunConfig:
     test_samples: int = 0  # 0: the whole global test set
     batches_per_round: int = 0  # 0: one pass over each client's training split
     client_sync_every: int = 0  # SplitFed: also average client parts every k steps (0: round end only)
+    batches_per_message: int = 1  # k batches per exchange (deployment); dL/dh stale by <= k-1 client steps
     seed: int = 42
     device: str = "auto"
     output_dir: str = "outputs"
+    resume_from: str = ""  # a run folder (or its checkpoint.pt) to continue after its last complete round
     max_payload_mb: float = 64.0
     min_available_clients: int = 1
     fraction_train: float = 1.0  # share of the connected clients sampled to train each round
@@ -88,6 +90,7 @@ class RunConfig:
             ("test-samples", 0),
             ("batches-per-round", 0),
             ("client-sync-every", 0),
+            ("batches-per-message", 1),
             ("min-available-clients", 1),
             ("min-train-clients", 1),
             ("max-in-flight", 0),

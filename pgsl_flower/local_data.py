@@ -1,7 +1,8 @@
 """A client's local data: its partition of the training set, split train/held-out.
 
-Deterministic from (run config, partition id, number of partitions), and
-cached per process: Flower calls the ClientApp once per message, and reloading
+In simulation, a partition of the training set, deterministic from (run config,
+partition id, number of partitions); in a deployment, the site's own folder
+(node-config ``data-dir``). Cached per process: Flower calls the ClientApp once per message, and reloading
 the dataset each time would dominate the run.
 """
 
@@ -15,10 +16,20 @@ import numpy as np
 import torch
 
 from pgsl_flower.config import RunConfig
-from pgsl_flower.data import ImageDataset, load_dataset, partition_indices
+from pgsl_flower.data import (
+    MIAS_CLASSES,
+    MNIST_CLASSES,
+    ImageDataset,
+    load_dataset,
+    partition_indices,
+)
+from pgsl_flower.data.site_folder import load_site_folder
 from pgsl_flower.model import prepare_input
 from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
 from pgsl_flower.pgsl.resampling import downsample
+
+#: Class names per dataset: the labels a site's ``labels.csv`` may use.
+CLASSES = {"mnist": MNIST_CLASSES, "mias": MIAS_CLASSES}
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ def load_datasets(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
 
 @lru_cache(maxsize=8)
 def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalData:
-    """Partition ``partition_id`` of ``num_partitions``, capped and split (seeded)."""
+    """Partition ``partition_id`` of ``num_partitions`` of the training set (simulation)."""
     train, _ = load_datasets(cfg)
     parts = partition_indices(
         train.labels.numpy(),
@@ -66,24 +77,43 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
         alpha=cfg.alpha,
         seed=cfg.seed,
     )
-    indices = parts[partition_id]
-    rng = np.random.default_rng([cfg.seed, partition_id, num_partitions])
+    where = f"partition {partition_id} of {num_partitions}"
+    return _split(cfg, train, parts[partition_id], partition_id, [cfg.seed, partition_id, num_partitions], where)
+
+
+@lru_cache(maxsize=8)
+def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int = 8) -> LocalData:
+    """A site's own folder of images + ``labels.csv`` (deployment: node-config ``data-dir``).
+
+    Images must be run-config ``image-size`` square (the dataset's default when 0) and
+    labelled with the dataset's class names; see :mod:`pgsl_flower.data.site_folder`.
+    """
+    site = load_site_folder(folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth).dataset
+    indices = np.arange(len(site))
+    return _split(cfg, site, indices, partition_id, [cfg.seed, partition_id], f"site folder {folder}")
+
+
+def _split(
+    cfg: RunConfig, dataset: ImageDataset, indices: np.ndarray, partition_id: int, seed: list[int], where: str
+) -> LocalData:
+    """Shuffle (seeded), cap at 'samples-per-client', split off 'holdout-fraction'; pixel-attack if PGSL."""
+    rng = np.random.default_rng(seed)
     indices = rng.permutation(indices)
     if cfg.samples_per_client:
         indices = indices[: cfg.samples_per_client]
     n_holdout = int(round(len(indices) * cfg.holdout_fraction))
     if len(indices) - n_holdout < 1:
         raise ValueError(
-            f"partition {partition_id} of {num_partitions} has {len(indices)} samples: "
+            f"{where} has {len(indices)} samples: "
             "too few to train (lower the client count or 'holdout-fraction')"
         )
     held, kept = torch.from_numpy(indices[:n_holdout]), torch.from_numpy(indices[n_holdout:])
     data = LocalData(
-        train_images=train.images[kept],
-        train_labels=train.labels[kept],
-        holdout_images=train.images[held],
-        holdout_labels=train.labels[held],
-        num_classes=len(train.classes),
+        train_images=dataset.images[kept],
+        train_labels=dataset.labels[kept],
+        holdout_images=dataset.images[held],
+        holdout_labels=dataset.labels[held],
+        num_classes=len(dataset.classes),
     )
     if cfg.pixel_attacked:
         attacked = attacked_split(

@@ -39,13 +39,23 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 class MetricsWriter:
-    """Appends one row per round to ``metrics.csv``, flushed at once."""
+    """Appends one row per round to ``metrics.csv``, flushed at once.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``keep_rounds`` > 0 (a resumed run) keeps the existing rows of rounds
+    1..keep_rounds and drops those of the interrupted round.
+    """
+
+    def __init__(self, run_dir: Path, keep_rounds: int = 0) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.csv"
+        kept: list[dict[str, str]] = []
+        if keep_rounds and self.path.exists():
+            with self.path.open(newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["round"]) <= keep_rounds]
         with self.path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
+            writer = csv.writer(handle)
+            writer.writerow(METRIC_COLUMNS)
+            writer.writerows([row.get(c, "") for c in METRIC_COLUMNS] for row in kept)
 
     def append(self, row: Mapping[str, Any]) -> None:
         missing = [c for c in METRIC_COLUMNS if c not in row]

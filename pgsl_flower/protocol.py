@@ -4,9 +4,12 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
 
 - ``query.info``   server -> client: nothing; reply: sizes of the client's splits.
 - ``train.step``   server -> client: optional ``client-weights`` (round start or
-  relay), optional ``grad`` (dL/dh of the client's previous batch), and the
-  ``instructions`` (forward the next batch? send weights back?); reply:
-  optional ``batch`` (smashed data ``h`` + labels) and optional ``client-weights``.
+  relay), ``grad.0 .. grad.{m-1}`` (dL/dh of the m batches the client sent
+  last), and the ``instructions`` (``forward``: how many next batches to send,
+  up to run-config ``batches-per-message``; ``send-weights``; at a round's
+  first message ``run-key``/``round``, and ``resume-round`` after a restart);
+  reply: ``batch.0 .. batch.{n-1}`` (smashed data ``h`` + labels each) and
+  optional ``client-weights``.
 - ``evaluate``     server -> client: ``client-weights``; reply: ``batch`` with the
   smashed data of the client's held-out split.
 - ``query.attack`` server -> the adversarial client only (attack experiments):
@@ -119,6 +122,43 @@ def require_array(record: ArrayRecord, key: str, record_name: str) -> Array:
     return record[key]
 
 
+def batch_record(index: int) -> str:
+    """Name of the ``index``-th batch record in a ``train.step`` reply."""
+    return f"{BATCH}.{index}"
+
+
+def grad_record(index: int) -> str:
+    """Name of the ``index``-th gradient record in a ``train.step`` message."""
+    return f"{GRAD}.{index}"
+
+
+def encode_gradients(grads: Sequence[torch.Tensor]) -> dict[str, ArrayRecord]:
+    """dL/dh of consecutive batches, as ``grad.0 .. grad.{m-1}`` records."""
+    return {grad_record(i): ArrayRecord({"h": tensor_to_array(g)}) for i, g in enumerate(grads)}
+
+
+def decode_gradients(
+    content: RecordDict, shapes: Sequence[Sequence[int]], *, max_bytes: int
+) -> list[torch.Tensor]:
+    """Validate ``grad.0 .. grad.{m-1}``: one float32 array of the given shape each, no extra."""
+    extra = sorted(
+        name for name in content
+        if name.startswith(f"{GRAD}.") and name not in {grad_record(i) for i in range(len(shapes))}
+    )
+    if extra:
+        raise PayloadError(f"records {extra}: {len(shapes)} gradient(s) expected")
+    return [
+        array_to_tensor(
+            require_array(require_record(content, grad_record(i), ArrayRecord), "h", grad_record(i)),
+            field=f"{grad_record(i)}.h",
+            dtype=torch.float32,
+            shape=tuple(shape),
+            max_bytes=max_bytes,
+        )
+        for i, shape in enumerate(shapes)
+    ]
+
+
 def encode_batch(smashed: torch.Tensor, labels: torch.Tensor) -> ArrayRecord:
     """Smashed data ``h`` and its labels: all that leaves a client per batch."""
     return ArrayRecord({"h": tensor_to_array(smashed), "labels": tensor_to_array(labels)})
@@ -131,28 +171,52 @@ def decode_batch(
     max_batch: int,
     num_classes: int,
     max_bytes: int,
+    record_name: str = BATCH,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a client's batch: float32 ``h`` of (B, *smashed_shape), int64 labels."""
-    record = require_record(content, BATCH, ArrayRecord)
+    record = require_record(content, record_name, ArrayRecord)
     smashed = array_to_tensor(
-        require_array(record, "h", BATCH),
-        field=f"{BATCH}.h",
+        require_array(record, "h", record_name),
+        field=f"{record_name}.h",
         dtype=torch.float32,
         shape=(None, *smashed_shape),
         max_bytes=max_bytes,
     )
     labels = array_to_tensor(
-        require_array(record, "labels", BATCH),
-        field=f"{BATCH}.labels",
+        require_array(record, "labels", record_name),
+        field=f"{record_name}.labels",
         dtype=torch.int64,
         shape=(smashed.shape[0],),
         max_bytes=max_bytes,
     )
     if not 1 <= smashed.shape[0] <= max_batch:
-        raise PayloadError(f"field '{BATCH}.h': batch of {smashed.shape[0]}, expected 1..{max_batch}")
+        raise PayloadError(f"field '{record_name}.h': batch of {smashed.shape[0]}, expected 1..{max_batch}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise PayloadError(f"field '{BATCH}.labels': values outside 0..{num_classes - 1}")
+        raise PayloadError(f"field '{record_name}.labels': values outside 0..{num_classes - 1}")
     return smashed, labels
+
+
+def decode_batches(
+    content: RecordDict,
+    count: int,
+    *,
+    smashed_shape: Sequence[int],
+    max_batch: int,
+    num_classes: int,
+    max_bytes: int,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Validate the ``count`` batches of a ``train.step`` reply (``batch.0 ..``), none extra."""
+    expected = {batch_record(i) for i in range(count)}
+    extra = sorted(name for name in content if name.startswith(f"{BATCH}.") and name not in expected)
+    if extra:
+        raise PayloadError(f"records {extra}: {count} batch(es) were requested")
+    return [
+        decode_batch(
+            content, smashed_shape=smashed_shape, max_batch=max_batch, num_classes=num_classes,
+            max_bytes=max_bytes, record_name=batch_record(i),
+        )
+        for i in range(count)
+    ]
 
 
 def encode_state(state: Mapping[str, torch.Tensor]) -> ArrayRecord:

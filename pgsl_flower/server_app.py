@@ -17,7 +17,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from pgsl_flower import protocol
+from pgsl_flower import checkpoint, protocol
 from pgsl_flower.attacks.interception import Interceptor, ground_truth, score_reconstructions, write_attack_outputs
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.data import ImageDataset
@@ -27,7 +27,6 @@ from pgsl_flower.metrics import MetricsWriter, write_json
 from pgsl_flower.model import ClientNet, prepare_input, resolve_device
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
-from pgsl_flower.sampling import sample_clients
 from pgsl_flower.strategy import ServerModel, SplitTrainer
 
 NODE_WAIT_SECONDS = 600.0
@@ -69,6 +68,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     """Run all rounds; returns the summary also written to ``summary.json``."""
     started = time.perf_counter()
     device = resolve_device(cfg.device)
+    saved = load_resume_checkpoint(cfg)
     torch.manual_seed(cfg.seed)
     train_set, test_set = load_datasets(cfg)
     if cfg.test_samples:
@@ -89,7 +89,13 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     initial_weights = {k: v.clone() for k, v in client_template.state_dict().items()}
     trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
     trainer.query_info(nodes)
-    nodes = sorted(trainer.train_sizes)
+    nodes = trainer.nodes_by_partition()
+    trainer.run_key = run_dir.name
+    first_round, elapsed_before = 1, 0.0
+    if saved is not None:
+        first_round, elapsed_before = _restore(saved, server, trainer), float(saved["wall_seconds"])
+        started -= elapsed_before
+        log(INFO, "pgsl-flower: resuming %s after round %d", run_dir, first_round - 1)
     interceptor = _interceptor(cfg, trainer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,16 +107,16 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "partition-order": [trainer.partitions[n] for n in nodes],
         },
     )
-    writer = MetricsWriter(run_dir)
+    writer = MetricsWriter(run_dir, keep_rounds=first_round - 1)
     log(
         INFO, "pgsl-flower: %s, %s, defense %s, %d clients, %d rounds -> %s",
         cfg.dataset, cfg.schedule, cfg.defense, len(nodes), cfg.num_rounds, run_dir,
     )
 
     row: dict = {}
-    for round_num in range(1, cfg.num_rounds + 1):
+    for round_num in range(first_round, cfg.num_rounds + 1):
         round_start = time.perf_counter()
-        sampled = sample_clients(nodes, cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
+        sampled = trainer.sample(cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
         if interceptor is not None:
             interceptor.active = round_num == cfg.num_rounds
             round_weights = {k: v.clone() for k, v in trainer.client_weights.items()}
@@ -142,6 +148,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
         }
         writer.append(row)
+        _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
         if f"acc_{STREAMS[0]}" in test:
             log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
                 ", ".join(f"{name} {test[f'acc_{name}']:.4f}" for name in STREAMS))
@@ -177,6 +184,56 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     write_json(run_dir / "summary.json", summary)
     log(INFO, "pgsl-flower: done, final test accuracy %.4f, outputs in %s", summary["final_test_accuracy"], run_dir)
     return summary
+
+
+def load_resume_checkpoint(cfg: RunConfig) -> dict | None:
+    """The checkpoint run-config 'resume-from' names, checked against ``cfg`` (None: fresh run)."""
+    if not cfg.resume_from:
+        return None
+    saved = checkpoint.load(checkpoint.server_checkpoint_path(cfg.resume_from))
+    checkpoint.check_compatible(saved["config"], cfg.as_run_config(), checkpoint.RESUMABLE_CHANGES)
+    if saved["round"] >= cfg.num_rounds:
+        raise checkpoint.CheckpointError(
+            f"the checkpoint in {cfg.resume_from} is at round {saved['round']}, run-config 'num-rounds' "
+            f"is {cfg.num_rounds}: nothing left to run (raise num-rounds to train further)"
+        )
+    return saved
+
+
+def resume_run_dir(cfg: RunConfig) -> Path | None:
+    """A resumed run writes into the folder of the run it continues."""
+    return checkpoint.server_checkpoint_path(cfg.resume_from).resolve().parent if cfg.resume_from else None
+
+
+def _save_checkpoint(
+    run_dir: Path, cfg: RunConfig, round_num: int, server: ServerModel | PGSLServerModel,
+    trainer: SplitTrainer, wall_seconds: float,
+) -> None:
+    """Everything the server needs to continue after ``round_num`` (written atomically)."""
+    checkpoint.atomic_save(
+        {
+            "round": round_num,
+            "config": cfg.as_run_config(),
+            "server": checkpoint.server_training_state(server),
+            "client_weights": trainer.client_weights,
+            "forwards": {trainer.partitions[n]: count for n, count in trainer.forwards.items()},
+            "rng": torch.get_rng_state(),
+            "wall_seconds": wall_seconds,
+        },
+        run_dir / checkpoint.SERVER_CHECKPOINT,
+    )
+
+
+def _restore(saved: dict, server: ServerModel | PGSLServerModel, trainer: SplitTrainer) -> int:
+    """Load a checkpoint into the server and trainer; returns the first round to run."""
+    checkpoint.restore_server(server, saved["server"])
+    trainer.client_weights = saved["client_weights"]
+    trainer.forwards = {
+        node: saved["forwards"].get(partition, 0) for node, partition in trainer.partitions.items()
+    }
+    trainer.resume_round = int(saved["round"])
+    torch.set_rng_state(saved["rng"])
+    return trainer.resume_round + 1
 
 
 def _interceptor(cfg: RunConfig, trainer: SplitTrainer) -> Interceptor | None:
@@ -225,7 +282,7 @@ def build_server_app(override: RunConfig | None = None, run_dir: Path | None = N
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = override if override is not None else parse_run_config(context.run_config)
-        run_federation(grid, cfg, run_dir or new_run_dir(cfg, context.run_id))
+        run_federation(grid, cfg, run_dir or resume_run_dir(cfg) or new_run_dir(cfg, context.run_id))
 
     return server_app
 

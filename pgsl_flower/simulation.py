@@ -27,7 +27,8 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
 def preflight(cfg: RunConfig, num_clients: int) -> None:
-    """Fail before Ray starts: client count, data files, every client's partition."""
+    """Fail before Ray starts: client count, data files, every client's partition, the
+    checkpoint to resume from."""
     if num_clients < 1:
         raise ConfigError(f"num-clients must be >= 1, got {num_clients}")
     if num_clients < cfg.min_available_clients:
@@ -42,6 +43,9 @@ def preflight(cfg: RunConfig, num_clients: int) -> None:
         )
     for partition_id in range(num_clients):
         local_data(cfg, partition_id, num_clients)
+    from pgsl_flower.server_app import load_resume_checkpoint
+
+    load_resume_checkpoint(cfg)  # 'resume-from': readable, same configuration, rounds left
 
 
 def simulate(
@@ -63,11 +67,14 @@ def simulate(
     from flwr.simulation import run_simulation
 
     from pgsl_flower.client_app import build_client_app
-    from pgsl_flower.server_app import build_server_app, new_run_dir
+    from pgsl_flower.server_app import build_server_app, new_run_dir, resume_run_dir
 
     cfg = config if isinstance(config, RunConfig) else parse_run_config(config or {})
     preflight(cfg, num_clients)
-    target = Path(run_dir).resolve() if run_dir else new_run_dir(cfg, f"sim-n{num_clients}-s{cfg.seed}")
+    target = (
+        Path(run_dir).resolve() if run_dir
+        else resume_run_dir(cfg) or new_run_dir(cfg, f"sim-n{num_clients}-s{cfg.seed}")
+    )
     summary_path = target / "summary.json"
     summary_path.unlink(missing_ok=True)  # a reused folder's old summary must not pass for this run's
     run_simulation(

@@ -36,6 +36,7 @@ from pgsl_flower.config import RunConfig
 from pgsl_flower.evaluation import score_smashed
 from pgsl_flower.local_data import batches_per_epoch
 from pgsl_flower.model import ServerNet, decayed_step, make_optimizer
+from pgsl_flower.sampling import sample_clients
 from pgsl_flower.transport import Courier
 
 
@@ -136,6 +137,10 @@ class SplitTrainer:
         #: Called with (node, batch counter, smashed data) for every accepted training
         #: batch: the network's view, used to model an interceptor (attacks.interception).
         self.tap: Callable[[int, int, torch.Tensor], None] | None = None
+        self.run_key = ""  # names the run for the sites' own checkpoints (the run folder's name)
+        self.round = 0
+        self.resume_round = 0  # > 0: restarted after this round; sites reload their state
+        self.resumed: set[int] = set()  # nodes already told to reload
 
     # -- messaging -------------------------------------------------------------------------
     def _reply(self, node: int, message_id: str, stats: RoundStats) -> Message | None:
@@ -202,21 +207,35 @@ class SplitTrainer:
             if classes != self.num_classes or size < 1:
                 self._fail(node, f"reports {classes} classes and {size} samples; server has {self.num_classes} classes", stats)
                 continue
+            if partition in self.partitions.values():
+                self._fail(node, f"partition-id {partition} is already taken by another node", stats)
+                continue
             self.train_sizes[node], self.partitions[node] = size, partition
         self._check_quorum(self.train_sizes)
+
+    def nodes_by_partition(self) -> list[int]:
+        """The registered nodes ordered by partition id: the server's processing order,
+        the same in every run whatever ids the nodes get."""
+        return sorted(self.train_sizes, key=self.partitions.__getitem__)
+
+    def sample(self, fraction: float, minimum: int, seed: int, round_num: int) -> list[int]:
+        """The nodes training in ``round_num`` (drawn by partition id, see :func:`sample_clients`)."""
+        by_partition = {self.partitions[node]: node for node in self.train_sizes}
+        drawn = sample_clients(sorted(by_partition), fraction, minimum, seed, round_num)
+        return [by_partition[p] for p in drawn]
 
     def steps_for(self, node: int) -> int:
         steps = batches_per_epoch(self.train_sizes[node], self.cfg.batch_size)
         return min(steps, self.cfg.batches_per_round) if self.cfg.batches_per_round else steps
 
     # -- training --------------------------------------------------------------------------
-    def _server_step(self, node: int, reply: Message, stats: RoundStats) -> torch.Tensor | None:
-        """Validate a client's batch and run the server step on it; returns dL/dh."""
-        counter = self.forwards.get(node, 0)
-        self.forwards[node] = counter + 1
+    def _server_steps(self, node: int, reply: Message, count: int, stats: RoundStats) -> list[torch.Tensor] | None:
+        """Validate a client's ``count`` batches, then run the server step on each in
+        order; returns dL/dh per batch (None, and the node dropped, on a bad payload)."""
         try:
-            smashed, labels = protocol.decode_batch(
+            batches = protocol.decode_batches(
                 reply.content,
+                count,
                 smashed_shape=self.smashed_shape,
                 max_batch=self.cfg.batch_size,
                 num_classes=self.num_classes,
@@ -225,61 +244,79 @@ class SplitTrainer:
         except protocol.PayloadError as err:
             self._fail(node, f"rejected payload: {err}", stats)
             return None
-        if self.tap is not None:
-            self.tap(node, counter, smashed)
-        grad, loss_sum, correct = self.server.step(smashed, labels)
-        stats.loss_sum += loss_sum
-        stats.correct += correct
-        stats.samples += len(labels)
-        return grad
+        grads = []
+        for smashed, labels in batches:
+            counter = self.forwards.get(node, 0)
+            self.forwards[node] = counter + 1
+            if self.tap is not None:
+                self.tap(node, counter, smashed)
+            grad, loss_sum, correct = self.server.step(smashed, labels)
+            stats.loss_sum += loss_sum
+            stats.correct += correct
+            stats.samples += len(labels)
+            grads.append(grad)
+        return grads
+
+    def _round_instructions(self, node: int) -> dict[str, str | int]:
+        """What a node's first message of a round carries besides the weights."""
+        instructions: dict[str, str | int] = {"run-key": self.run_key, "round": self.round}
+        if self.resume_round and node not in self.resumed:
+            instructions["resume-round"] = self.resume_round  # a restarted run: reload the site's state
+            self.resumed.add(node)
+        return instructions
 
     def _pipeline(
         self, steps: Mapping[int, int], group: str, stats: RoundStats
     ) -> dict[int, Message]:
         """Train each node for ``steps[node]`` batches from the global client weights.
 
-        The server handles batches in a fixed order (step by step, nodes in the
-        given order), so the result does not depend on reply timing. Up to
-        ``max-in-flight`` requests are out at once: node i gets its gradient and
-        the request for its next batch while the server still works on the
-        batches of the nodes before it in the queue, so clients compute in
-        parallel with the server. The cap matters at large N: Flower's
-        simulation engine scans every stored message for every node it polls,
-        so its cost grows with N times the messages in flight.
+        The server handles batches in a fixed order (message by message, nodes in
+        the given order), so the result does not depend on reply timing. A message
+        carries up to ``batches-per-message`` (k) batches; the server steps on them
+        one by one and returns their k gradients with the next request, so a client
+        computes k forwards with the same weights (see ``SplitClient.apply_gradients``
+        for the staleness this causes). Up to ``max-in-flight`` requests are out at
+        once: node i gets its gradients and the request for its next batches while
+        the server still works on the batches of the nodes before it in the queue,
+        so clients compute in parallel with the server. The cap matters at large N:
+        Flower's simulation engine scans every stored message for every node it
+        polls, so its cost grows with N times the messages in flight.
         Returns each surviving node's final reply (holding its client weights).
         """
         nodes = list(steps)
         weights = protocol.encode_state(self.client_weights)
+        per_message = self.cfg.batches_per_message
 
-        def request(node: int, step: int, grad: torch.Tensor | None) -> tuple[int, RecordDict]:
-            forward = step < steps[node]
-            content = RecordDict(
-                {protocol.INSTRUCTIONS: ConfigRecord({"forward": forward, "send-weights": not forward})}
-            )
+        def request(node: int, step: int, grads: Sequence[torch.Tensor]) -> tuple[int, RecordDict]:
+            forward = min(per_message, steps[node] - step)
+            instructions: dict = {"forward": forward, "send-weights": forward == 0}
+            content = RecordDict(protocol.encode_gradients(grads))
             if step == 0:
                 content[protocol.CLIENT_WEIGHTS] = weights
-            if grad is not None:
-                content[protocol.GRAD] = ArrayRecord({"h": protocol.tensor_to_array(grad)})
+                instructions.update(self._round_instructions(node))
+            content[protocol.INSTRUCTIONS] = ConfigRecord(instructions)
+            requested[node] = forward
             return node, content
 
-        # Round robin: a node goes back to the end of the queue after each batch.
-        pending = deque(request(node, 0, None) for node in nodes)
+        # Round robin: a node goes back to the end of the queue after each message.
+        requested: dict[int, int] = {}
+        pending = deque(request(node, 0, []) for node in nodes)
         step_of = dict.fromkeys(nodes, 0)
         done: dict[int, Message] = {}
         for node, reply in self._replies(pending, protocol.TRAIN_STEP, group, stats):
             if step_of[node] >= steps[node]:
                 done[node] = reply  # the closing reply, with the client's weights
                 continue
-            grad = self._server_step(node, reply, stats)
-            if grad is None:
+            grads = self._server_steps(node, reply, requested[node], stats)
+            if grads is None:
                 continue
-            step_of[node] += 1
-            pending.append(request(node, step_of[node], grad))
+            step_of[node] += len(grads)
+            pending.append(request(node, step_of[node], grads))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:
         collected = []
-        for node in sorted(finals):
+        for node in sorted(finals, key=self.partitions.__getitem__):  # a fixed summation order
             try:
                 state = protocol.decode_state(
                     protocol.require_record(finals[node].content, protocol.CLIENT_WEIGHTS, ArrayRecord),
@@ -306,6 +343,7 @@ class SplitTrainer:
         ``client-sync-every`` steps within it when that is > 0.
         """
         stats = RoundStats()
+        self.round = round_num
         before = (self.courier.bytes_up, self.courier.bytes_down, self.courier.messages)
         started = time.perf_counter()
         total = {node: self.steps_for(node) for node in nodes}

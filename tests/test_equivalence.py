@@ -36,11 +36,11 @@ def _reference(cfg: RunConfig, order: list[int]) -> tuple[dict, dict]:
         for client, n_steps in zip(clients, steps, strict=True):
             if step >= n_steps:
                 continue
-            batch = RecordDict({protocol.BATCH: client.forward_next()})
+            batch = RecordDict({protocol.BATCH: client.forward_next()[protocol.batch_record(0)]})
             smashed, labels = protocol.decode_batch(batch, smashed_shape=(64, 14, 14), max_batch=cfg.batch_size,
                                                     num_classes=10, max_bytes=1 << 30)
             grad, _, _ = server.step(smashed, labels)
-            client.apply_gradient(ArrayRecord({"h": protocol.tensor_to_array(grad)}))
+            client.apply_gradients(RecordDict(protocol.encode_gradients([grad])))
     merged = fedavg([c.model.state_dict() for c in clients], [len(c.data.train_labels) for c in clients])
     return merged, server.model.state_dict()
 

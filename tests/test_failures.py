@@ -31,21 +31,28 @@ def _fault_mod(mode: str):
         context.state["fault"] = ConfigRecord({"calls": calls})
         if calls == 4 and mode == "raise":
             raise RuntimeError("site lost its disk")
-        if calls == 4 and mode == "nan":
-            batch = reply.content[protocol.BATCH]
+        if calls == 4 and mode in ("nan", "oversized"):
+            name = protocol.batch_record(0)
+            batch = reply.content[name]
             h = batch["h"].numpy().copy()
-            h[0, 0, 0, 0] = np.nan
-            reply.content[protocol.BATCH] = ArrayRecord({"h": Array(h), "labels": batch["labels"]})
+            if mode == "nan":
+                h[0, 0, 0, 0] = np.nan
+            else:  # oversized: 10.0 MiB of smashed data against an 8 MiB cap
+                h = np.zeros((209, *h.shape[1:]), dtype=np.float32)
+            reply.content[name] = ArrayRecord({"h": Array(h), "labels": batch["labels"]})
         return reply
 
     return mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["raise", "nan"])
-def test_failing_client_is_dropped_and_run_completes(tmp_path, mode):
-    app = build_client_app(CFG, mods=[_fault_mod(mode)])
-    summary = simulate(CFG, num_clients=3, run_dir=tmp_path, client_app=app)
+@pytest.mark.parametrize("mode", ["raise", "nan", "oversized"])
+def test_failing_client_is_dropped_and_run_completes(tmp_path, mode, caplog):
+    cfg = CFG.replace(max_payload_mb=8.0)  # a normal batch is 1.6 MB
+    app = build_client_app(cfg, mods=[_fault_mod(mode)])
+    summary = simulate(cfg, num_clients=3, run_dir=tmp_path, client_app=app)
+    expected = {"raise": "site lost its disk", "nan": "contains NaN or inf", "oversized": "exceeds the cap"}[mode]
+    assert any("dropped for this round" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
     with (tmp_path / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert int(rows[0]["failed_clients"]) == 1 and int(rows[0]["clients"]) == 2

@@ -73,7 +73,7 @@ def test_client_protocol_step_equals_direct_training(tmp_path):
 
     for _ in range(3):
         counter = client.counter
-        batch = client.forward_next()
+        batch = client.forward_next()[protocol.batch_record(0)]
         client.save()
         client = SplitClient(cfg, context)  # state survives only through context.state
         h = protocol.array_to_tensor(batch["h"], field="h", dtype=torch.float32,
@@ -82,8 +82,7 @@ def test_client_protocol_step_equals_direct_training(tmp_path):
         h.requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(server(h), labels)
         (grad_h,) = torch.autograd.grad(loss, [h])
-        from flwr.app import ArrayRecord
-        client.apply_gradient(ArrayRecord({"h": protocol.tensor_to_array(grad_h)}))
+        client.apply_gradients(RecordDict(protocol.encode_gradients([grad_h])))
         client.save()
 
         idx = batch_indices(len(client.data.train_labels), 16, counter, client_order_seed(client.cfg, client.partition_id))

@@ -1,0 +1,134 @@
+"""Checkpoints for resuming a run: the server's at each round end, each site's own.
+
+The server writes ``<run dir>/checkpoint.pt`` after every complete round (server
+model and optimizer, the aggregated client part, the clients' batch counters,
+the RNG state, the round number). Client optimizer states never leave a site:
+each site writes its own file after its last message of a round, under its
+``state-dir``. A restarted run (run-config ``resume-from``) loads the server's
+checkpoint and tells each site the round to reload. Every write goes to a
+temporary file in the same folder, is fsynced, then renamed over the old one,
+so a crash leaves either the previous or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SERVER_CHECKPOINT = "checkpoint.pt"
+#: Per site, the newest rounds' files kept: a crash during round r + 1 leaves the
+#: server at round r, while the site may already have written r + 1.
+CLIENT_ROUNDS_KEPT = 2
+_CLIENT_FILE = re.compile(r"partition-(\d+)\.round-(\d+)\.pt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or belongs to a different run configuration."""
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`atomic_save` (tensors and plain values only)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types on truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+
+
+def server_checkpoint_path(resume_from: str | Path) -> Path:
+    """``resume-from`` may name the run folder or the checkpoint file itself."""
+    path = Path(resume_from)
+    return path / SERVER_CHECKPOINT if path.is_dir() else path
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], ignored: set[str]) -> None:
+    """Raise naming the first run-config key whose value differs from the checkpoint's."""
+    for key in sorted(set(saved) | set(current)):
+        if key in ignored:
+            continue
+        if saved.get(key) != current.get(key):
+            raise CheckpointError(
+                f"run-config '{key}' is {current.get(key)!r}, but the checkpoint was written with "
+                f"{saved.get(key)!r}: resume with the same configuration"
+            )
+
+
+#: Run-config keys that may change between the interrupted and the resumed run.
+RESUMABLE_CHANGES = frozenset({
+    "num-rounds", "output-dir", "resume-from", "reply-timeout", "max-in-flight", "device",
+    "min-available-clients", "data-dir",
+})
+
+
+def server_training_state(server: Any) -> dict[str, Any]:
+    """A server model's weights, optimizer state and step count (ServerModel or PGSLServerModel)."""
+    return {
+        "model": server.model.state_dict(),
+        "optimizer": server.optimizer.state_dict(),
+        "steps": server.steps_taken,
+    }
+
+
+def restore_server(server: Any, saved: dict[str, Any]) -> None:
+    server.model.load_state_dict(saved["model"])
+    server.optimizer.load_state_dict(saved["optimizer"])
+    server.steps_taken = int(saved["steps"])
+
+
+def client_state_file(folder: Path, partition: int, round_num: int) -> Path:
+    return folder / f"partition-{partition}.round-{round_num}.pt"
+
+
+def save_client_state(folder: Path, partition: int, round_num: int, state: dict[str, Any]) -> None:
+    """Write a site's state after round ``round_num``; keep its newest two rounds."""
+    atomic_save({**state, "round": round_num}, client_state_file(folder, partition, round_num))
+    for old in _client_rounds(folder, partition)[:-CLIENT_ROUNDS_KEPT]:
+        client_state_file(folder, partition, old).unlink(missing_ok=True)
+
+
+def load_client_state(folder: Path, partition: int, round_num: int) -> dict[str, Any]:
+    """A site's newest state written at or before round ``round_num``."""
+    rounds = [r for r in _client_rounds(folder, partition) if r <= round_num]
+    if not rounds:
+        raise CheckpointError(
+            f"site partition {partition}: no state of round <= {round_num} in {folder} "
+            "(node-config 'state-dir' must be the folder this site used before the restart)"
+        )
+    return load(client_state_file(folder, partition, rounds[-1]))
+
+
+def _client_rounds(folder: Path, partition: int) -> list[int]:
+    if not folder.is_dir():
+        return []
+    rounds = []
+    for path in folder.iterdir():
+        match = _CLIENT_FILE.fullmatch(path.name)
+        if match and int(match.group(1)) == partition:
+            rounds.append(int(match.group(2)))
+    return sorted(rounds)
