@@ -1,0 +1,311 @@
+"""A whole pilot on one machine: a SuperLink and one SuperNode per site on 127.0.0.1.
+
+Real processes (``flower-superlink``, ``flower-supernode``, ``flwr``) with TLS and
+SuperNode authentication, exactly as ``docs/pilot.md`` runs them on three
+terminals; used by the integration test and ``benchmarks/deployment.py``.
+Every process started here is stopped by PID (with its descendants: Flower's
+SuperExec and the per-message ClientApp processes) on :meth:`LocalPilot.stop`,
+also when a step fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgsl_flower.pilot.credentials import make_credentials, make_site_key
+
+CONNECTION = "pilot"
+#: What a SuperNode logs once the SuperLink has accepted (authenticated) it.
+_ACCEPTED = "SuperNode ID:"
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal ``pid`` and all its descendants (collected before anything is signalled)."""
+    for target in [*descendants(pid), pid]:
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            pass
+
+
+def toml_value(value: Any) -> str:
+    """A run-config / node-config value as Flower's ``key=value`` parser reads it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def config_arg(values: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
+
+
+@dataclass
+class RunResult:
+    """What ``flwr run`` reported: run id, final status, and the ServerApp's log."""
+
+    run_id: int
+    status: str
+    details: str
+    log: str
+    seconds: float
+
+
+@dataclass
+class LocalPilot:
+    """SuperLink + SuperNodes + ``flwr`` CLI in ``workdir`` (certificates, logs, FLWR_HOME).
+
+    ``sites`` maps a site name to its data folder (a site folder of
+    :mod:`pgsl_flower.data.site_folder`). ``env`` is added to every process's
+    environment (e.g. ``PGSL_DATA_DIR`` for the server's test set).
+    """
+
+    workdir: Path
+    sites: dict[str, Path]
+    app_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.logs = self.workdir / "logs"
+        self.certs = self.workdir / "certs"
+        self.flwr_home = self.workdir / "flwr-home"
+        self.bin = Path(sys.executable).parent
+
+    # -- processes -----------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            **self.env,
+        }
+
+    def _spawn(self, name: str, command: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{name}.log").open("w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+                                       cwd=cwd or self.workdir)
+        self.processes[name] = process
+        return process
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """The ``flwr`` CLI, run from ``workdir`` (it reads a project's pyproject in its cwd)."""
+        return subprocess.run([str(self.bin / "flwr"), *args], capture_output=True, text=True, env=self._env(),
+                              cwd=self.workdir, timeout=timeout)
+
+    # -- bring-up ------------------------------------------------------------------------
+    def start(self, timeout: float = 120) -> None:
+        """Credentials, the SuperLink (TLS, SuperNode auth), register every site, start its SuperNode."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_credentials(self.certs, list(self.sites))
+        self.port = free_port()
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.certs / "ca.crt"}"\n'
+        )
+        server_dir = self.workdir / "superlink"
+        server_dir.mkdir(exist_ok=True)
+        self._spawn("superlink", [
+            str(self.bin / "flower-superlink"),
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+            "--ssl-certfile", str(self.certs / "superlink.crt"),
+            "--ssl-keyfile", str(self.certs / "superlink.key"),
+            "--enable-supernode-auth",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-runtime-dependency-installation",
+        ], cwd=server_dir)
+        self._wait_healthy(timeout)
+        for site in self.sites:
+            self.register(self.certs / f"{site}.pub")
+        for partition, site in enumerate(self.sites):
+            self.start_site(site, partition)
+        self.wait_accepted(list(self.sites), timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.processes["superlink"].poll() is not None:
+                raise RuntimeError(f"flower-superlink exited:\n{self.log_text('superlink')[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", context=context, timeout=2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"flower-superlink not healthy after {timeout} s") from None
+                time.sleep(0.3)
+
+    def register(self, public_key: Path) -> None:
+        """``flwr supernode register``: the SuperLink accepts SuperNodes holding this key's private half."""
+        done = self._flwr("supernode", "register", str(public_key), CONNECTION)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {public_key} failed:\n{done.stdout}{done.stderr}")
+
+    def supernode_command(self, site: str, partition: int, key: Path | None = None, tls: bool = True,
+                          extra: list[str] | None = None) -> list[str]:
+        """The site's ``flower-supernode`` command line (its data folder and state dir via --node-config)."""
+        node_config = {
+            "partition-id": partition,
+            "data-dir": str(Path(self.sites[site]).resolve()),
+            "state-dir": str(self.workdir / "site-state" / site),
+        }
+        command = [str(self.bin / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                   "--node-config", config_arg(node_config), "--host", "127.0.0.1", "--port", str(free_port())]
+        if tls:
+            command += ["--root-certificates", str(self.certs / "ca.crt")]
+        else:
+            command += ["--insecure"]
+        if key is not None:
+            command += ["--auth-supernode-private-key", str(key)]
+        return command + (extra or [])
+
+    def start_site(self, site: str, partition: int) -> subprocess.Popen:
+        return self._spawn(f"supernode-{site}", self.supernode_command(site, partition, self.certs / f"{site}.key"))
+
+    def wait_accepted(self, sites: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for site in sites:
+            name = f"supernode-{site}"
+            while _ACCEPTED not in self.log_text(name):
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited:\n{self.log_text(name)[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not accepted after {timeout} s:\n{self.log_text(name)[-3000:]}")
+                time.sleep(0.3)
+
+    def try_rogue_supernode(self, name: str, tls: bool, timeout: float = 60) -> tuple[int | None, str]:
+        """Start a SuperNode that should be refused (unregistered key, or no TLS); returns
+        (exit code or None if it still runs after ``timeout``, its log)."""
+        key = make_site_key(self.certs, name)[0] if tls else None
+        site = next(iter(self.sites))
+        extra = [] if tls else ["--max-wait-time", "10"]
+        process = self._spawn(f"rogue-{name}", self.supernode_command(site, 99, key, tls=tls, extra=extra))
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, self.log_text(f"rogue-{name}")
+
+    # -- runs ----------------------------------------------------------------------------
+    def run(self, run_config: Mapping[str, Any], timeout: float = 1800) -> RunResult:
+        """``flwr run <app> pilot --stream``, then the run's final status from ``flwr ls``
+        (``flwr run`` exits 0 even when the ServerApp fails)."""
+        started = time.monotonic()
+        done = self._flwr("run", str(self.app_dir), CONNECTION, "--run-config", config_arg(run_config),
+                          "--stream", timeout=timeout)
+        seconds = time.monotonic() - started
+        output = done.stdout + done.stderr
+        (self.logs / "flwr-run.log").write_text(output)
+        match = _RUN_ID.search(output)
+        if match is None:
+            raise RuntimeError(f"flwr run did not start a run:\n{output[-3000:]}")
+        run_id = int(match.group(1))
+        status, details = "", ""
+        for _ in range(60):
+            listed = self._flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+            try:
+                run = json.loads(listed.stdout)["runs"][0]
+                status, details = run["status"], run.get("status-details", "")
+            except (json.JSONDecodeError, KeyError, IndexError):
+                pass
+            if status.startswith("finished"):
+                break
+            time.sleep(1)
+        return RunResult(run_id, status, details, output, seconds)
+
+    def kill_site(self, site: str) -> None:
+        """SIGKILL a site's SuperNode and its descendants: the site vanishes mid-run."""
+        process = self.processes[f"supernode-{site}"]
+        kill_tree(process.pid)
+        process.wait()
+
+    # -- teardown ------------------------------------------------------------------------
+    def stop(self, grace: float = 10) -> None:
+        """Stop every process started here, by PID: SuperNodes first, then the SuperLink;
+        SIGTERM, then SIGKILL whatever (with descendants) is left after ``grace`` seconds."""
+        order = sorted(self.processes, key=lambda name: name == "superlink")
+        trees = {name: descendants(self.processes[name].pid) for name in order}
+        for name in order:
+            if self.processes[name].poll() is None:
+                self.processes[name].send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name in order:
+            try:
+                self.processes[name].wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+        for name in order:
+            for pid in [*trees[name], *descendants(self.processes[name].pid), self.processes[name].pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.processes[name].wait()
+
+    def __enter__(self) -> LocalPilot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def copy_app(project_root: Path, target: Path) -> Path:
+    """The Flower app ``flwr run`` packages: ``pyproject.toml`` and the package only
+    (not outputs, results or a virtual environment)."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(project_root / "pyproject.toml", target / "pyproject.toml")
+    shutil.copytree(project_root / "pgsl_flower", target / "pgsl_flower",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    return target
