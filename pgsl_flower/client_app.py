@@ -29,6 +29,14 @@ from flwr.clientapp.typing import Mod
 
 from pgsl_flower import checkpoint, protocol
 from pgsl_flower.config import RunConfig, parse_run_config
+from pgsl_flower.defenses import (
+    DPSGD,
+    HOLDOUT_BATCH,
+    MinimaxPerturbation,
+    batch_seed,
+    make_defense,
+    per_sample_gradients,
+)
 from pgsl_flower.local_data import (
     LocalData,
     batch_indices,
@@ -36,11 +44,13 @@ from pgsl_flower.local_data import (
     local_data,
     site_local_data,
 )
-from pgsl_flower.model import CONV_CHANNELS, ClientNet, decayed_step, make_optimizer
+from pgsl_flower.model import CONV_CHANNELS, build_client_net, decayed_step, make_optimizer
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
 _PROGRESS_KEY = "client-progress"
+_ADVERSARY_KEY = "client-simulated-adversary"  # latent-perturbation: the client's own decoder D
+_ADVERSARY_OPTIM_KEY = "client-simulated-adversary-optimizer"
 
 
 def _partition(context: Context) -> int:
@@ -88,13 +98,17 @@ class SplitClient:
         self.partition_id = _partition(context)
         self.data: LocalData = _local_data(cfg, context, self.partition_id)
         channels = self.data.train_images.shape[1]
-        self.model = ClientNet(channels)
+        self.model = build_client_net(cfg, channels)
+        self.defense = make_defense(cfg, channels, self.partition_id)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
         state = context.state
         if _MODEL_KEY in state:
             self.model.load_state_dict(state[_MODEL_KEY].to_torch_state_dict())
         if _OPTIM_KEY in state:
             _load_adam_state(self.optimizer, state[_OPTIM_KEY])
+        if isinstance(self.defense, MinimaxPerturbation) and _ADVERSARY_KEY in state:
+            self.defense.adversary.load_state_dict(state[_ADVERSARY_KEY].to_torch_state_dict())
+            _load_adam_state(self.defense.optimizer, state[_ADVERSARY_OPTIM_KEY])
         progress = state[_PROGRESS_KEY] if _PROGRESS_KEY in state else ConfigRecord()
         self.counter = int(progress.get("batch-counter", 0))
         # the batches sent last and awaiting dL/dh: counters pending-first .. + pending-count - 1
@@ -137,12 +151,37 @@ class SplitClient:
             max_bytes=self.cfg.max_payload_bytes,
         )
         self.model.train()
-        for counter, idx, grad in zip(counters, indices, grads, strict=True):
-            smashed = self.model(self.data.inputs(idx))  # updates BN running stats, at the current weights
-            self.optimizer.zero_grad(set_to_none=True)
-            smashed.backward(grad)
-            decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
+        with self._trainable() as (model, optimizer):
+            for counter, idx, grad in zip(counters, indices, grads, strict=True):
+                inputs = self.data.inputs(idx)
+                smashed = model(inputs)  # updates BN running stats, at the current weights
+                optimizer.zero_grad(set_to_none=True)
+                extra = self.defense.local_loss(inputs, smashed)  # e.g. NoPeek's weighted DCor(x, h)
+                if extra is None:
+                    smashed.backward(grad)
+                else:  # d/dtheta of <dL/dh, h> + extra: the server's gradient plus the local term
+                    ((smashed * grad).sum() + extra).backward()
+                decayed_step(optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
         self.pending_count = 0
+
+    @contextmanager
+    def _trainable(self) -> Iterator[tuple[torch.nn.Module, torch.optim.Optimizer]]:
+        """The model and optimizer a step goes through: under DP-SGD, per-sample
+        gradients, clipped and noised (noise seeded per message); else the plain ones."""
+        if not isinstance(self.defense, DPSGD):
+            yield self.model, self.optimizer
+            return
+        with per_sample_gradients(self.model) as wrapped:
+            seed = batch_seed(self.cfg, self.partition_id, self.pending_first)
+            yield wrapped, self.defense.optimizer(self.optimizer, self.cfg.batch_size, seed)
+
+    @property
+    def epsilon(self) -> float | None:
+        """DP-SGD: epsilon at run-config 'dp-delta' after this client's steps so far."""
+        if not isinstance(self.defense, DPSGD):
+            return None
+        n = int(self.data.train_labels.shape[0])
+        return self.defense.epsilon(self.counter - self.pending_count, min(self.cfg.batch_size / n, 1.0))
 
     def forward_next(self, count: int = 1) -> dict[str, ArrayRecord]:
         """Smashed data and labels of the next ``count`` batches (train mode, no graph kept),
@@ -159,6 +198,7 @@ class SplitClient:
             indices = self._indices(self.counter + i)
             with torch.no_grad(), _frozen_running_stats(self.model):  # updated once, in apply_gradients
                 smashed = self.model(self.data.inputs(indices))
+            smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
             records[protocol.batch_record(i)] = protocol.encode_batch(smashed, self.data.labels(indices))
         self.counter += count
         return records
@@ -174,12 +214,16 @@ class SplitClient:
         self.model.eval()
         with torch.no_grad():
             smashed = self.model(self.data.inputs(indices, "holdout"))
+        smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, HOLDOUT_BATCH))
         return protocol.encode_batch(smashed, self.data.labels(indices, "holdout"))
 
     def save(self) -> None:
         state = self.context.state
         state[_MODEL_KEY] = ArrayRecord(self.model.state_dict())
         state[_OPTIM_KEY] = _adam_state_record(self.optimizer)
+        if isinstance(self.defense, MinimaxPerturbation):
+            state[_ADVERSARY_KEY] = ArrayRecord(self.defense.adversary.state_dict())
+            state[_ADVERSARY_OPTIM_KEY] = _adam_state_record(self.defense.optimizer)
         state[_PROGRESS_KEY] = ConfigRecord({
             "batch-counter": self.counter, "pending-first": self.pending_first,
             "pending-count": self.pending_count, "run-key": self.run_key, "round": self.round,
@@ -202,13 +246,18 @@ class SplitClient:
             saved = checkpoint.load_client_state(self.state_dir(), self.partition_id, resume)
             self.optimizer.load_state_dict(saved["optimizer"])
             self.counter = int(saved["batch-counter"])
+            if isinstance(self.defense, MinimaxPerturbation):
+                self.defense.load_state_dict(saved["defense"])
 
     def save_round_state(self) -> None:
         """After a round's closing message: write optimizer state and batch counter (atomic)."""
         if self.run_key:
             checkpoint.save_client_state(
                 self.state_dir(), self.partition_id, self.round,
-                {"optimizer": self.optimizer.state_dict(), "batch-counter": self.counter},
+                {
+                    "optimizer": self.optimizer.state_dict(), "batch-counter": self.counter,
+                    **({"defense": self.defense.state_dict()} if isinstance(self.defense, MinimaxPerturbation) else {}),
+                },
             )
 
 
@@ -260,6 +309,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
                 "num-holdout": int(client.data.holdout_labels.shape[0]),
                 "num-classes": client.data.num_classes,
                 "partition-id": client.partition_id,
+                "site-name": str(client.context.node_config.get("site-name", "")),
             }
         )
         return RecordDict({protocol.INFO: record})
@@ -280,9 +330,10 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
         reply = RecordDict(client.forward_next(forward) if forward else {})
         if instructions.get("send-weights", False):
             reply[protocol.CLIENT_WEIGHTS] = ArrayRecord(client.model.state_dict())
-            reply[protocol.INFO] = ConfigRecord(
-                {"num-train": int(client.data.train_labels.shape[0])}
-            )
+            info: dict = {"num-train": int(client.data.train_labels.shape[0])}
+            if client.epsilon is not None:
+                info["epsilon"] = client.epsilon
+            reply[protocol.INFO] = ConfigRecord(info)
             client.save_round_state()
         return reply
 

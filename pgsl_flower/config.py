@@ -17,7 +17,8 @@ DATASETS = ("mnist", "mias")
 SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
-DEFENSES = ("none", "pixel-attack", "pgsl")
+DEFENSES = ("none", "pixel-attack", "pgsl", "laplace", "nopeek", "dp-sgd", "latent-perturbation")
+CLIENT_NORMS = ("batch", "group")
 #: Defenses whose client input is the intentional pixel attack + saliency channel.
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 #: Reconstruction attacks the adversarial client can run on intercepted smashed data.
@@ -61,7 +62,16 @@ class RunConfig:
     max_in_flight: int = 8  # requests out to clients at once (0: all); see SplitTrainer._pipeline
     reply_timeout: float = 600.0  # seconds to wait for one client reply before dropping it
     # none | pixel-attack (PGSL's client side alone, plain server: Table II baseline) | pgsl
+    # | laplace | nopeek (baselines on the smashed data, pgsl_flower.defenses)
     defense: str = "none"
+    laplace_scale: float = 0.5  # defense 'laplace': b of the Laplace(0, b) noise on the smashed data
+    nopeek_weight: float = 0.5  # defense 'nopeek': alpha of the client's alpha * DCor(x, h) loss term
+    dp_noise_multiplier: float = 1.0  # defense 'dp-sgd': Gaussian noise std / clipping norm (Opacus)
+    dp_max_grad_norm: float = 1.0  # defense 'dp-sgd': per-sample gradient clipping norm of the client part
+    dp_delta: float = 1e-5  # defense 'dp-sgd': the delta epsilon is reported at
+    ldp_bound: float = 1.0  # defense 'latent-perturbation': largest change per smashed-data value
+    ldp_weight: float = 1.0  # defense 'latent-perturbation': weight of the simulated adversary's loss (minimax)
+    client_norm: str = "batch"  # client part's normalisation: batch (paper) | group (DP-SGD needs it)
     pgsl_mu: float = 0.55  # final relaxation weight of the proximal step (paper Fig. 3)
     pgsl_lambda: float = 0.0  # sparsity weight; 0: 1/sqrt(max(m, n))
     pgsl_max_iter: int = 10
@@ -82,6 +92,12 @@ class RunConfig:
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("defense", self.defense, DEFENSES)
+        _check_choice("client-norm", self.client_norm, CLIENT_NORMS)
+        if self.defense == "dp-sgd" and self.client_norm != "group":
+            raise ConfigError(
+                "defense 'dp-sgd' needs run-config client-norm = 'group' (per-sample gradients do not "
+                f"exist under BatchNorm), got client-norm {self.client_norm!r}"
+            )
         for key, low in (
             ("num-rounds", 1),
             ("batch-size", 1),
@@ -111,11 +127,13 @@ class RunConfig:
             raise ConfigError(
                 f"run-config 'image-size' must be 0 or an even number >= 8, got {self.image_size!r}"
             )
-        for key in ("lr", "alpha", "max-payload-mb", "reply-timeout", "pgsl-mu", "pgsl-tol"):
+        for key in ("lr", "alpha", "max-payload-mb", "reply-timeout", "pgsl-mu", "pgsl-tol", "dp-max-grad-norm",
+                    "ldp-bound"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")
-        for key in ("weight-decay", "lr-decay", "pgsl-lambda", "attack-theta"):
+        for key in ("weight-decay", "lr-decay", "pgsl-lambda", "attack-theta", "laplace-scale", "nopeek-weight",
+                    "dp-noise-multiplier", "ldp-weight"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")
@@ -130,6 +148,8 @@ class RunConfig:
                 "run-config 'adversary' needs schedule 'splitfed' (the adversary attacks with the "
                 f"round's shared client part), got schedule {self.schedule!r}"
             )
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"run-config 'dp-delta' must be in (0, 1), got {self.dp_delta!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(
                 f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"

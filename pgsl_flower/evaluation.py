@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
@@ -51,12 +51,19 @@ def evaluate_split(
     labels: torch.Tensor,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
+    release: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Run prepared client inputs (N, 4C + 1, H/2, W/2) through client + server (eval mode).
 
     This is the evaluation harness, run by the server on the global test set; it
     is not part of the protocol.
+    With a smashed-data defense, ``release(h, start)`` is what the clients would
+    send for the batch starting at ``start`` (e.g. h plus noise).
     """
     client.eval()
-    batches = (client(inputs[start : start + batch_size].to(device)) for start in range(0, len(labels), batch_size))
+    release = release or (lambda smashed, _start: smashed)
+    batches = (
+        release(client(inputs[start : start + batch_size].to(device)), start)
+        for start in range(0, len(labels), batch_size)
+    )
     return score_smashed(server, batches, labels)

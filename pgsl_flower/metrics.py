@@ -28,6 +28,7 @@ METRIC_COLUMNS = (
     "wall_seconds",
     "bytes_up_per_client",
     "bytes_down_per_client",
+    "epsilon",
 )
 
 

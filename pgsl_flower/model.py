@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pgsl_flower.config import RunConfig
+
 CONV_CHANNELS = 64
 FC_HIDDEN = 128
 POOL_SIZE = 7
@@ -42,26 +44,60 @@ def prepare_input(images: torch.Tensor, saliency: torch.Tensor | None = None) ->
     return torch.cat([planes, saliency], dim=1)
 
 
-def _conv_block(in_channels: int) -> list[nn.Module]:
+#: Normalisation of the client part: BatchNorm (the paper's), or GroupNorm (DP-SGD needs
+#: per-sample gradients, which BatchNorm's batch statistics do not have).
+CLIENT_NORMS = ("batch", "group")
+GROUPS = 8
+
+
+def _conv_block(in_channels: int, norm: str = "batch") -> list[nn.Module]:
+    if norm not in CLIENT_NORMS:
+        raise ValueError(f"norm must be one of {CLIENT_NORMS}, got {norm!r}")
     return [
         nn.Conv2d(in_channels, CONV_CHANNELS, 3, padding=1),
-        nn.BatchNorm2d(CONV_CHANNELS),
-        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(CONV_CHANNELS) if norm == "batch" else nn.GroupNorm(GROUPS, CONV_CHANNELS),
+        nn.ReLU(inplace=norm == "batch"),  # Opacus' backward hooks (DP-SGD, GroupNorm) forbid in-place
     ]
 
 
-class ClientNet(nn.Module):
-    """Pre-cut layers conv1-conv2; output ``h`` is the smashed data."""
+class LatentPerturbation(nn.Module):
+    """``h + bound * tanh(conv(h))``: a bounded, learnable perturbation of the smashed data
+    (defense ``latent-perturbation``, :mod:`pgsl_flower.defenses.latent_perturbation`)."""
 
-    def __init__(self, image_channels: int = 1) -> None:
+    def __init__(self, bound: float) -> None:
+        super().__init__()
+        self.bound = bound
+        self.conv = nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)  # starts as the identity: no perturbation
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, smashed: torch.Tensor) -> torch.Tensor:
+        return smashed + self.bound * torch.tanh(self.conv(smashed))
+
+
+class ClientNet(nn.Module):
+    """Pre-cut layers conv1-conv2; output ``h`` is the smashed data.
+
+    ``perturbation_bound`` > 0 appends a :class:`LatentPerturbation` of that bound.
+    """
+
+    def __init__(self, image_channels: int = 1, norm: str = "batch", perturbation_bound: float = 0.0) -> None:
         super().__init__()
         self.image_channels = image_channels
         self.features = nn.Sequential(
-            *_conv_block(input_channels(image_channels)), *_conv_block(CONV_CHANNELS)
+            *_conv_block(input_channels(image_channels), norm), *_conv_block(CONV_CHANNELS, norm)
         )
+        self.perturbation = LatentPerturbation(perturbation_bound) if perturbation_bound > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        h = self.features(x)
+        return h if self.perturbation is None else self.perturbation(h)
+
+
+def build_client_net(cfg: RunConfig, image_channels: int) -> ClientNet:
+    """The run's client part: its normalisation and, for ``latent-perturbation``, the perturbation."""
+    bound = cfg.ldp_bound if cfg.defense == "latent-perturbation" else 0.0
+    return ClientNet(image_channels, cfg.client_norm, bound)
 
 
 class ServerNet(nn.Module):

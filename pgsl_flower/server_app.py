@@ -21,10 +21,11 @@ from pgsl_flower import checkpoint, protocol
 from pgsl_flower.attacks.interception import Interceptor, ground_truth, score_reconstructions, write_attack_outputs
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.data import ImageDataset
+from pgsl_flower.defenses import HARNESS_PARTITION, batch_seed, make_defense
 from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.local_data import harness_attacked, load_datasets
 from pgsl_flower.metrics import MetricsWriter, write_json
-from pgsl_flower.model import ClientNet, prepare_input, resolve_device
+from pgsl_flower.model import build_client_net, prepare_input, resolve_device
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
 from pgsl_flower.strategy import ServerModel, SplitTrainer
@@ -48,6 +49,12 @@ def harness_inputs(cfg: RunConfig, train_set: ImageDataset, images: torch.Tensor
         return prepare_input(images.float().div_(255.0))
     attacked = harness_attacked(cfg, train_set, images)
     return downsample(attacked["other"].float(), attacked["other-map"].float())
+
+
+def harness_release(cfg: RunConfig):  # noqa: ANN201
+    """What clients would send for the harness's test batches under a smashed-data defense."""
+    defense = make_defense(cfg)
+    return lambda smashed, start: defense.release(smashed, batch_seed(cfg, HARNESS_PARTITION, start))
 
 
 def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:
@@ -78,7 +85,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     num_classes = len(train_set.classes)
     channels, size = train_set.images.shape[1], train_set.images.shape[-1]
 
-    client_template = ClientNet(channels)
+    client_template = build_client_net(cfg, channels)
     if cfg.defense == "pgsl":
         server: ServerModel | PGSLServerModel = PGSLServerModel(cfg, num_classes, device)
     else:
@@ -105,6 +112,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             **cfg.as_run_config(),
             "num-clients": len(nodes),
             "partition-order": [trainer.partitions[n] for n in nodes],
+            "site-names": [trainer.site_names[n] for n in nodes],
         },
     )
     writer = MetricsWriter(run_dir, keep_rounds=first_round - 1)
@@ -123,7 +131,8 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         stats = trainer.train_round(sampled, round_num)
         client_template.load_state_dict(trainer.client_weights)
         client_template.to(device)
-        test = evaluate_split(client_template, server, test_inputs, test_labels, device=device)
+        test = evaluate_split(client_template, server, test_inputs, test_labels, device=device,
+                              release=harness_release(cfg))
         test_loss, test_acc = test["loss"], test["accuracy"]
         client_template.cpu()
         local = trainer.evaluate_clients([n for n in sampled if n not in stats.failed], round_num)
@@ -146,6 +155,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "wall_seconds": round(time.perf_counter() - started, 3),
             "bytes_up_per_client": stats.bytes_up // max(len(sampled), 1),
             "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
+            "epsilon": round(stats.epsilon, 4) if stats.epsilon is not None else "",
         }
         writer.append(row)
         _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
@@ -177,6 +187,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             for name in STREAMS
             if row.get(f"test_acc_{name}") not in ("", None)
         },
+        **({"final_epsilon": row["epsilon"], "dp_delta": cfg.dp_delta} if row.get("epsilon") not in ("", None) else {}),
         **attack_summary,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "train_samples": sum(trainer.train_sizes.values()),

@@ -52,6 +52,7 @@ class RoundStats:
     messages: int = 0
     train_seconds: float = 0.0
     failed: list[int] = field(default_factory=list)
+    epsilon: float | None = None  # DP-SGD: the largest epsilon a client reported this round
 
     @property
     def train_loss(self) -> float:
@@ -131,6 +132,7 @@ class SplitTrainer:
         self.client_weights = client_weights  # the global (aggregated or relayed) client part
         self.train_sizes: dict[int, int] = {}
         self.partitions: dict[int, int] = {}  # node id -> partition id (for logs and tests)
+        self.site_names: dict[int, str] = {}  # node id -> node-config 'site-name' (deployments)
         self.courier = Courier(grid, cfg.reply_timeout)
         self.window = cfg.max_in_flight or float("inf")  # requests out at once
         self.forwards: dict[int, int] = {}  # node -> batches it has sent (its batch counter)
@@ -177,7 +179,8 @@ class SplitTrainer:
                 yield node, reply
 
     def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
-        log(WARNING, "node %s dropped for this round: %s", node, reason)
+        site = f" ({self.site_names[node]})" if self.site_names.get(node) else ""
+        log(WARNING, "node %s%s dropped for this round: %s", node, site, reason)
         stats.failed.append(node)
 
     def _check_quorum(self, alive: Iterable[int], sampled: int | None = None) -> None:
@@ -211,6 +214,7 @@ class SplitTrainer:
                 self._fail(node, f"partition-id {partition} is already taken by another node", stats)
                 continue
             self.train_sizes[node], self.partitions[node] = size, partition
+            self.site_names[node] = str(info.get("site-name", ""))
         self._check_quorum(self.train_sizes)
 
     def nodes_by_partition(self) -> list[int]:
@@ -328,6 +332,9 @@ class SplitTrainer:
                 self._fail(node, f"rejected weights: {err}", stats)
                 continue
             collected.append((state, self.train_sizes[node]))
+            info = finals[node].content.get(protocol.INFO)
+            if isinstance(info, ConfigRecord) and isinstance(info.get("epsilon"), float):
+                stats.epsilon = max(stats.epsilon or 0.0, float(info["epsilon"]))
         return collected
 
     def _aggregate(self, finals: Mapping[int, Message], stats: RoundStats) -> None:

@@ -6,6 +6,7 @@ the run still completes. Every process is stopped by PID, pass or fail."""
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
 from pathlib import Path
@@ -66,8 +67,9 @@ def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
 
     assert killed, "site-c was never killed: round 1 did not complete"
     assert result.status == "finished:completed", f"{result.status}: {result.details}\n{result.log[-4000:]}"
-    assert "dropped for this round" in result.log
+    assert "(site-c) dropped for this round" in result.log
     (run_dir,) = output_dir.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["site-names"] == list(SITES)
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["clients"], r["failed_clients"]) for r in rows] == [("3", "0"), ("2", "1")]

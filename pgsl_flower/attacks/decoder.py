@@ -49,6 +49,8 @@ class DecoderInversion:
         torch.manual_seed(knowledge.seed)
         images = knowledge.own_images
         smashed = smashed_in_batches(knowledge.client, knowledge.own_inputs, self.batch_size)
+        if knowledge.release is not None:  # train on what the defense lets through
+            smashed = knowledge.release(smashed)
         decoder = Decoder(images.shape[1])
         optimizer = torch.optim.Adam(decoder.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(knowledge.seed)

@@ -34,11 +34,21 @@ from pgsl_flower.attacks.interface import (
     images_from_inputs,
     smashed_in_batches,
 )
-from pgsl_flower.attacks.scoring import classifier_accuracy, clean_classifier, reconstruction_metrics
+from pgsl_flower.attacks.scoring import (
+    classifier_accuracy,
+    clean_classifier,
+    reconstruction_metrics,
+)
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import ImageDataset
-from pgsl_flower.local_data import LocalData, batch_indices, client_order_seed, local_data
-from pgsl_flower.model import ClientNet
+from pgsl_flower.defenses import ADVERSARY_OWN_BATCH, batch_seed, make_defense
+from pgsl_flower.local_data import (
+    LocalData,
+    batch_indices,
+    client_order_seed,
+    local_data,
+)
+from pgsl_flower.model import ClientNet, build_client_net
 
 
 @dataclass
@@ -91,6 +101,7 @@ def adversary_knowledge(cfg: RunConfig, data: LocalData, client: ClientNet) -> A
         client=client,
         map_channel_is_zero=not cfg.pixel_attacked,
         seed=cfg.seed,
+        release=lambda smashed: make_defense(cfg).release(smashed, batch_seed(cfg, cfg.adversary, ADVERSARY_OWN_BATCH)),
     )
 
 
@@ -120,9 +131,11 @@ def ground_truth(
         data = local_data(cfg, partition, num_partitions)
         index = batch_indices(data.train_labels.shape[0], cfg.batch_size, batch.counter, client_order_seed(cfg, partition))
         client_inputs = data.inputs(index)
-        client = ClientNet(data.train_images.shape[1])
+        client = build_client_net(cfg, data.train_images.shape[1])
         client.load_state_dict(client_weights)
-        recomputed = smashed_in_batches(client, client_inputs, len(index))[: len(batch.smashed)]
+        recomputed = make_defense(cfg).release(  # what the victim sent, noise included
+            smashed_in_batches(client, client_inputs, len(index)), batch_seed(cfg, partition, batch.counter)
+        )[: len(batch.smashed)]
         if not torch.allclose(recomputed, batch.smashed, atol=1e-4, rtol=1e-4):
             raise RuntimeError(
                 f"ground truth for node {batch.node} (partition {partition}, batch {batch.counter}) does not "

@@ -41,6 +41,9 @@ class AdversaryKnowledge:
     client: ClientNet
     map_channel_is_zero: bool
     seed: int = 0
+    #: The configured smashed-data defense as the adversary's own client applies it
+    #: (e.g. adds Laplace noise): a defense is public, only its randomness is not.
+    release: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

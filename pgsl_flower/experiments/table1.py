@@ -86,11 +86,11 @@ def cell_config(dataset: str, defense: str, seed: int) -> tuple[int, RunConfig]:
 def load_split_model(run_dir: Path, cfg: RunConfig, channels: int, num_classes: int):
     """The run's final client and server halves (:class:`SplitModel`)."""
     from pgsl_flower.attacks.split_gradients import SplitModel
-    from pgsl_flower.model import ClientNet, ServerNet
+    from pgsl_flower.model import ServerNet, build_client_net
     from pgsl_flower.pgsl.server_model import PGSLNet, ProximalSettings
 
     state = torch.load(run_dir / "final_model.pt", weights_only=True)
-    client = ClientNet(channels)
+    client = build_client_net(cfg, channels)
     client.load_state_dict(state["client"])
     pgsl = cfg.defense == "pgsl"
     server = PGSLNet(num_classes) if pgsl else ServerNet(num_classes)

@@ -198,6 +198,7 @@ class LocalPilot:
         """The site's ``flower-supernode`` command line (its data folder and state dir via --node-config)."""
         node_config = {
             "partition-id": partition,
+            "site-name": site,
             "data-dir": str(Path(self.sites[site]).resolve()),
             "state-dir": str(self.workdir / "site-state" / site),
         }
