@@ -26,57 +26,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def tree_pss_bytes(root: int) -> int:
-    """Sum of PSS over ``root`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
-            continue  # exited between listing and reading
-        stack.extend(_children(pid))
-    return total
-
-
-class PeakMemory(threading.Thread):
-    """Polls the process tree's PSS until stopped; keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.peak = max(self.peak, tree_pss_bytes(self.pid))
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return self.peak
+from pgsl_flower.experiments.memory import PeakMemory  # noqa: E402
 
 
 def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: str = "", tag: str = "") -> dict[str, float]:

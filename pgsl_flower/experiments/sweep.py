@@ -1,0 +1,202 @@
+"""Sweeps: strategies x client counts x seeds x datasets, one real Flower simulation per cell.
+
+A spec is a TOML file (``simulations/*.toml``)::
+
+    name = "client_scaling"                 # results go to results/<name>/
+    datasets = ["mnist"]
+    strategies = ["splitfed", "laplace", "pgsl"]   # presets strategies/<name>.toml
+    clients = [2, 5, 10]
+    seeds = [1, 2, 3]
+    [run-config]                            # every cell, after the preset
+    num-rounds = 2
+    adversary = 0                           # the adversarial client: attack columns
+    [dataset-config.mias]                   # per-dataset run-config, after [run-config]
+    image-size = 64
+
+Each cell runs ``python -m pgsl_flower`` in its own process (a fresh Ray), its
+peak memory is the process tree's PSS. ``runs.csv`` gets one row per cell and is
+rewritten after each: finished cells are skipped when the sweep is started
+again, a failed cell is recorded with its error (and retried next time) and the
+sweep goes on.
+
+    python -m pgsl_flower.experiments.sweep run simulations/client_scaling.toml
+    python -m pgsl_flower.experiments.sweep report simulations/client_scaling.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from pgsl_flower.config import ConfigError, parse_run_config
+from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
+from pgsl_flower.experiments.memory import PeakMemory
+from pgsl_flower.pilot.local import config_arg
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = ("dataset", "strategy", "clients", "seed")
+ATTACK_METRICS = ("mse", "psnr", "ssim", "attacker_accuracy")
+COLUMNS = (
+    *KEY, "status", "final_test_accuracy", "final_test_acc_recovered", "final_test_acc_fused",
+    "final_test_acc_attacked", "best_attack", "best_attack_mse", "best_attack_psnr", "best_attack_ssim",
+    "best_attacker_accuracy", "final_epsilon", "median_round_seconds", "bytes_up_per_client",
+    "bytes_down_per_client", "peak_memory_gib", "run_dir", "wall_seconds", "error",
+)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed ``simulations/*.toml``."""
+
+    name: str
+    datasets: tuple[str, ...]
+    strategies: tuple[str, ...]
+    clients: tuple[int, ...]
+    seeds: tuple[int, ...]
+    run_config: dict[str, Any] = field(default_factory=dict)
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    strategies_dir: Path = ROOT / "strategies"
+
+    def cell_config(self, dataset: str, strategy: str, seed: int) -> dict[str, Any]:
+        """The run-config of one cell: preset, then [run-config], then [datasets.<name>]."""
+        preset = parse_config_args([str(self.strategies_dir / f"{strategy}.toml")])
+        return {**preset, **self.run_config, **self.per_dataset.get(dataset, {}), "dataset": dataset, "seed": seed}
+
+    def cells(self) -> list[dict[str, Any]]:
+        return [
+            {"dataset": d, "strategy": s, "clients": n, "seed": seed}
+            for d in self.datasets for s in self.strategies for n in self.clients for seed in self.seeds
+        ]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec; every cell's run-config is checked before anything runs."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"sweep spec {path}: {err}") from err
+    missing = [k for k in ("name", "datasets", "strategies", "clients", "seeds") if k not in raw]
+    if missing:
+        raise ConfigError(f"sweep spec {path}: missing key(s) {missing}")
+    spec = SweepSpec(
+        name=str(raw["name"]), datasets=tuple(raw["datasets"]), strategies=tuple(raw["strategies"]),
+        clients=tuple(int(n) for n in raw["clients"]), seeds=tuple(int(s) for s in raw["seeds"]),
+        run_config=dict(raw.get("run-config", {})),
+        per_dataset={k: dict(v) for k, v in raw.get("dataset-config", {}).items()},
+    )
+    for strategy in spec.strategies:
+        if not (spec.strategies_dir / f"{strategy}.toml").is_file():
+            raise ConfigError(f"sweep spec {path}: strategy {strategy!r} has no preset {spec.strategies_dir}/{strategy}.toml")
+    if any(n < 1 for n in spec.clients) or not spec.clients or not spec.seeds:
+        raise ConfigError(f"sweep spec {path}: 'clients' must be integers >= 1 and 'seeds' non-empty")
+    for dataset in spec.datasets:
+        for strategy in spec.strategies:
+            try:
+                parse_run_config(spec.cell_config(dataset, strategy, spec.seeds[0]))
+            except ConfigError as err:
+                raise ConfigError(f"sweep spec {path}, cell {dataset}/{strategy}: {err}") from err
+    return spec
+
+
+def _best_attack(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The strongest attack of a run: lowest MSE, highest PSNR/SSIM/attacker accuracy (each
+    over the attacks run), and the name of the one with the highest SSIM."""
+    names = sorted({k[len("attack_"):-len("_ssim")] for k in summary if k.startswith("attack_") and k.endswith("_ssim")})
+    if not names:
+        return {}
+    value = {m: {n: float(summary[f"attack_{n}_{m}"]) for n in names} for m in ATTACK_METRICS}
+    return {
+        "best_attack": max(names, key=value["ssim"].__getitem__),
+        "best_attack_mse": min(value["mse"].values()),
+        "best_attack_psnr": max(value["psnr"].values()),
+        "best_attack_ssim": max(value["ssim"].values()),
+        "best_attacker_accuracy": max(value["attacker_accuracy"].values()),
+    }
+
+
+def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """One cell in its own process; returns its row (raises if the run fails)."""
+    run_dir = runs_dir / "-".join(str(cell[k]) for k in KEY)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"])
+    command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(cell["clients"]),
+               "--run-dir", str(run_dir), "--run-config", config_arg(config)]
+    with (run_dir / "log.txt").open("w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        monitor = PeakMemory(process.pid)
+        monitor.start()
+        try:
+            code = process.wait()
+        finally:
+            peak = monitor.stop()
+    if code != 0:
+        tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"exit {code}: {tail[0][:300]} (log: {run_dir / 'log.txt'})")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if "attack_error" in summary:
+        raise RuntimeError(f"attack failed: {summary['attack_error']}")
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        **{k: summary.get(k, "") for k in ("final_test_accuracy", "final_test_acc_recovered",
+                                          "final_test_acc_fused", "final_test_acc_attacked", "final_epsilon")},
+        **_best_attack(summary),
+        "median_round_seconds": statistics.median(float(r["round_seconds"]) for r in rows),
+        "bytes_up_per_client": statistics.mean(int(r["bytes_up_per_client"]) for r in rows),
+        "bytes_down_per_client": statistics.mean(int(r["bytes_down_per_client"]) for r in rows),
+        "peak_memory_gib": round(peak / 2**30, 3),
+        "run_dir": str(run_dir),
+    }
+
+
+def run_sweep(spec: SweepSpec, out_dir: Path, runs_dir: Path, log: Any = print) -> None:
+    """Every cell not yet ``ok`` in ``out_dir/runs.csv``, in spec order."""
+    path = out_dir / "runs.csv"
+    runs = load_runs(path, COLUMNS)
+    cells = spec.cells()
+    for index, cell in enumerate(cells, 1):
+        if is_done(runs, cell):
+            continue
+        started = time.perf_counter()
+        runs = run_cell(runs, cell, lambda cell=cell: run_one(spec, cell, runs_dir), path, COLUMNS)
+        status = runs[(runs[list(KEY)] == [cell[k] for k in KEY]).all(axis=1)].status.iloc[-1]
+        log(f"[{index}/{len(cells)}] {cell}: {status} in {time.perf_counter() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pgsl_flower.experiments.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--results", type=Path, default=Path("results"), help="parent of results/<name>/")
+    parser.add_argument("--runs", type=Path, default=Path("outputs/sweeps"), help="parent of the per-cell run folders")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out_dir = args.results / spec.name
+    if args.command == "run":
+        run_sweep(spec, out_dir, (args.runs / spec.name).resolve())
+    from pgsl_flower.experiments.sweep_report import write_report
+
+    print(write_report(spec, out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
