@@ -228,6 +228,7 @@ def _save_checkpoint(
             "server": checkpoint.server_training_state(server),
             "client_weights": trainer.client_weights,
             "forwards": {trainer.partitions[n]: count for n, count in trainer.forwards.items()},
+            "partitions": sorted(trainer.partitions.values()),
             "rng": torch.get_rng_state(),
             "wall_seconds": wall_seconds,
         },
@@ -244,6 +245,10 @@ def _restore(saved: dict, server: ServerModel | PGSLServerModel, trainer: SplitT
     }
     trainer.resume_round = int(saved["round"])
     torch.set_rng_state(saved["rng"])
+    before, now = saved["partitions"], sorted(trainer.partitions.values())
+    if before != now:  # a site missing at the restart, or a simulation with another client count
+        log(WARNING, "resuming with partitions %s; the checkpoint's run had %s: results will differ from "
+            "an uninterrupted run", now, before)
     return trainer.resume_round + 1
 
 
