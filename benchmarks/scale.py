@@ -23,7 +23,6 @@ import argparse
 import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pgsl_flower.experiments.memory import PeakMemory  # noqa: E402
+from pgsl_flower.experiments.memory import run_with_peak_memory  # noqa: E402
 
 
 def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: str = "", tag: str = "") -> dict[str, float]:
@@ -47,19 +46,12 @@ def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: s
                "--run-dir", str(run_dir), "--run-config", config]
     if args.client_gpus:
         command += ["--client-gpus", str(args.client_gpus)]
-    log = (workdir / f"n{num_clients}{tag}.log").open("w")
+    log = workdir / f"n{num_clients}{tag}.log"
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    monitor = PeakMemory(process.pid)
-    monitor.start()
-    try:
-        code = process.wait()
-    finally:
-        peak = monitor.stop()
-        log.close()
+    code, peak = run_with_peak_memory(command, log, ROOT)
     wall = time.perf_counter() - started
     if code != 0:
-        raise RuntimeError(f"N={num_clients} failed (exit {code}); log: {log.name}")
+        raise RuntimeError(f"N={num_clients} failed (exit {code}); log: {log}")
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     steady = rows[1:] or rows

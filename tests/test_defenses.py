@@ -61,24 +61,37 @@ def test_distance_correlation_properties():
         distance_correlation(x, x[:5])
 
 
-def _train_dcor(weight: float, steps: int = 40) -> float:
-    """Train a client part + linear head on 256 MNIST images; DCor(x, h) on held-out images."""
-    torch.manual_seed(0)
-    train, _ = load_dataset("mnist", None)
-    images, labels = prepare_input(train.images[:320].float() / 255), train.labels[:320]
-    client, head = ClientNet(1), torch.nn.Linear(64 * 14 * 14, 10)
+def _train_with(defense, client: ClientNet, images: torch.Tensor, labels: torch.Tensor, steps: int,  # noqa: ANN001
+                train_count: int, on_step=None) -> None:  # noqa: ANN001
+    """Train ``client`` + a linear head on the first ``train_count`` images, with the
+    defense's local loss added; ``on_step(smashed, idx)`` sees each batch first."""
+    head = torch.nn.Linear(64 * 14 * 14, 10)
     optimizer = make_optimizer(torch.nn.ModuleList([client, head]), 1e-3, 0.0)
-    defense = NoPeek(weight)
     client.train()
     for step in range(steps):
-        idx = torch.arange(step * 64, step * 64 + 64) % 256
+        idx = torch.arange(step * 64, step * 64 + 64) % train_count
         smashed = client(images[idx])
         loss = torch.nn.functional.cross_entropy(head(smashed.flatten(1)), labels[idx])
+        if on_step is not None:
+            on_step(smashed, idx)
         extra = defense.local_loss(images[idx], smashed)
         optimizer.zero_grad()
         (loss + extra if extra is not None else loss).backward()
         optimizer.step()
     client.eval()
+
+
+def _mnist_inputs(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    train, _ = load_dataset("mnist", None)
+    return prepare_input(train.images[:count].float() / 255), train.labels[:count]
+
+
+def _train_dcor(weight: float, steps: int = 40) -> float:
+    """Train a client part + linear head on 256 MNIST images; DCor(x, h) on held-out images."""
+    images, labels = _mnist_inputs(320)
+    client = ClientNet(1)
+    _train_with(NoPeek(weight), client, images, labels, steps, 256)
     with torch.no_grad():
         return float(distance_correlation(images[256:], client(images[256:])))
 
@@ -99,26 +112,17 @@ def _train_perturbed(weight: float, steps: int = 60) -> tuple[float, float]:
         images_from_inputs,
     )
 
-    torch.manual_seed(0)
-    train, _ = load_dataset("mnist", None)
-    images, labels = prepare_input(train.images[:640].float() / 255), train.labels[:640]
-    client, head = ClientNet(1, perturbation_bound=1.0), torch.nn.Linear(64 * 14 * 14, 10)
-    optimizer = make_optimizer(torch.nn.ModuleList([client, head]), 1e-3, 0.0)
+    images, labels = _mnist_inputs(640)
+    client = ClientNet(1, perturbation_bound=1.0)
     defense = MinimaxPerturbation(weight, seed=1)
     adversary_losses = []
-    client.train()
-    for step in range(steps):
-        idx = torch.arange(step * 64, step * 64 + 64) % 512
-        smashed = client(images[idx])
-        loss = torch.nn.functional.cross_entropy(head(smashed.flatten(1)), labels[idx])
+
+    def record(smashed: torch.Tensor, idx: torch.Tensor) -> None:
         with torch.no_grad():
             adversary_losses.append(float(torch.nn.functional.mse_loss(
                 defense.adversary(smashed), images_from_inputs(images[idx]))))
-        extra = defense.local_loss(images[idx], smashed)
-        optimizer.zero_grad()
-        (loss + extra if extra is not None else loss).backward()
-        optimizer.step()
-    client.eval()
+
+    _train_with(defense, client, images, labels, steps, 512, on_step=record)
     with torch.no_grad():
         sent = client(images)
     torch.manual_seed(2)

@@ -6,7 +6,9 @@ share them, so a Ray driver, its GCS, raylet and workers are not counted twice.
 
 from __future__ import annotations
 
+import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -54,3 +56,16 @@ class PeakMemory(threading.Thread):
         self._stop_event.set()
         self.join()
         return self.peak
+
+
+def run_with_peak_memory(command: Sequence[str], log_path: Path, cwd: Path) -> tuple[int, int]:
+    """Run ``command`` (output to ``log_path``); returns (exit code, peak PSS of its tree in bytes)."""
+    with Path(log_path).open("w") as log:
+        process = subprocess.Popen(list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        monitor = PeakMemory(process.pid)
+        monitor.start()
+        try:
+            code = process.wait()
+        finally:
+            peak = monitor.stop()
+    return code, peak

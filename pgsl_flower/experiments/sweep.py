@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import time
 import tomllib
@@ -42,7 +41,7 @@ from flwr.common.config import parse_config_args
 
 from pgsl_flower.config import ConfigError, parse_run_config
 from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
-from pgsl_flower.experiments.memory import PeakMemory
+from pgsl_flower.experiments.memory import run_with_peak_memory
 from pgsl_flower.pilot.local import config_arg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,14 +133,7 @@ def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[st
     config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"])
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(cell["clients"]),
                "--run-dir", str(run_dir), "--run-config", config_arg(config)]
-    with (run_dir / "log.txt").open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        monitor = PeakMemory(process.pid)
-        monitor.start()
-        try:
-            code = process.wait()
-        finally:
-            peak = monitor.stop()
+    code, peak = run_with_peak_memory(command, run_dir / "log.txt", ROOT)
     if code != 0:
         tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"exit {code}: {tail[0][:300]} (log: {run_dir / 'log.txt'})")
