@@ -4,6 +4,7 @@ renders its report."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from pgsl_flower.config import ConfigError
 from pgsl_flower.experiments.sweep import load_spec, main
+from pgsl_flower.experiments.sweep_report import matched_utility
 
 SPEC = """
 name = "tiny"
@@ -23,10 +25,10 @@ datasets = ["mnist"]
 strategies = ["splitfed", "laplace"]
 clients = [2, 3]
 seeds = [1]
+total-samples = 480      # 240 images per client at 2 clients, 160 at 3
 
 [run-config]
 num-rounds = 1
-samples-per-client = 160
 batch-size = 32
 test-samples = 300
 local-eval-samples = 16
@@ -73,9 +75,13 @@ def test_sweep_runs_resumes_after_a_kill_records_failures_and_reports(tmp_path):
     assert kept.wall_seconds == done.wall_seconds.iloc[0]  # the finished cell was not run again
     assert (ok.final_test_accuracy > 0.1).all() and (ok.best_attack_ssim > 0).all()
     assert (ok.peak_memory_gib > 0.2).all() and (ok.bytes_up_per_client > 0).all()
+    for run_dir in ok.run_dir:
+        assert json.loads((Path(run_dir) / "config.json").read_text())["samples-per-client"] == 160
 
     report = (results / "tiny" / "report.md").read_text()
     assert "Table I analog" in report and "Table II analog" in report and "Failed cells" in report
+    assert "Privacy at matched utility" in report and "mnist, 3 clients: best privacy at matched utility" in report
+    assert "decoder SSIM" in report and (ok.decoder_ssim == ok.best_attack_ssim).all()  # the only attack run
     for name in ("accuracy_vs_clients", "privacy_utility", "communication_vs_clients", "round_time_vs_clients"):
         assert (results / "tiny" / f"mnist_{name}.png").stat().st_size > 1000
     assert main(["report", str(spec), "--results", str(results)]) == 0  # report alone, from runs.csv
@@ -89,6 +95,9 @@ def test_bad_specs_are_refused_naming_the_problem(tmp_path):
     spec.write_text(SPEC.replace("batch-size = 32", "batch-size = 0"))
     with pytest.raises(ConfigError, match="batch-size"):
         load_spec(spec)
+    spec.write_text(SPEC.replace("num-rounds = 1", "num-rounds = 1\nsamples-per-client = 100"))
+    with pytest.raises(ConfigError, match="total-samples"):
+        load_spec(spec)
     spec.write_text("name = 'x'\n")
     with pytest.raises(ConfigError, match="missing key"):
         load_spec(spec)
@@ -99,3 +108,18 @@ def test_bad_specs_are_refused_naming_the_problem(tmp_path):
 def test_committed_specs_are_valid(spec):
     loaded = load_spec(spec)
     assert loaded.name == spec.stem and len(loaded.cells()) >= 4
+
+
+def test_matched_utility_picks_the_most_private_strategy_within_one_point():
+    ok = pd.DataFrame({
+        "dataset": ["mnist"] * 8, "clients": [5] * 8, "seed": [1, 2] * 4,
+        "strategy": ["none"] * 2 + ["noisy"] * 2 + ["close"] * 2 + ["same"] * 2,
+        "final_test_accuracy": [0.95, 0.97, 0.80, 0.82, 0.951, 0.951, 0.96, 0.96],
+        "best_attack_ssim": [0.9, 0.9, 0.1, 0.1, 0.5, 0.7, 0.8, 0.8],
+        "best_attack_mse": [0.001] * 8,
+    })
+    rows = matched_utility(ok, "none")
+    assert rows.strategy.tolist() == ["close", "same", "none", "noisy"]  # matched first, by SSIM
+    assert rows.matched.tolist() == [True, True, True, False]
+    assert rows.accuracy_drop.round(3).tolist() == [0.009, 0.0, 0.0, 0.15]
+    assert rows.best_attack_ssim.tolist()[0] == pytest.approx(0.6)

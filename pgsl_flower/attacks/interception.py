@@ -95,13 +95,14 @@ def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
 def adversary_knowledge(cfg: RunConfig, data: LocalData, client: ClientNet) -> AdversaryKnowledge:
     """The adversary's own clean images and its own pipeline's inputs."""
     everything = torch.arange(data.train_labels.shape[0])
+    defense = make_defense(cfg)
     return AdversaryKnowledge(
         own_images=data.train_images.float() / 255,
         own_inputs=data.inputs(everything),
         client=client,
         map_channel_is_zero=not cfg.pixel_attacked,
         seed=cfg.seed,
-        release=lambda smashed: make_defense(cfg).release(smashed, batch_seed(cfg, cfg.adversary, ADVERSARY_OWN_BATCH)),
+        release=lambda smashed: defense.release(smashed, batch_seed(cfg, cfg.adversary, ADVERSARY_OWN_BATCH)),
     )
 
 
@@ -126,6 +127,7 @@ def ground_truth(
 ) -> GroundTruth:
     """Originals of each intercepted batch, checked against the intercepted smashed data."""
     images, inputs, labels = [], [], []
+    defense = make_defense(cfg)
     for batch in batches:
         partition = partitions[batch.node]
         data = local_data(cfg, partition, num_partitions)
@@ -133,7 +135,7 @@ def ground_truth(
         client_inputs = data.inputs(index)
         client = build_client_net(cfg, data.train_images.shape[1])
         client.load_state_dict(client_weights)
-        recomputed = make_defense(cfg).release(  # what the victim sent, noise included
+        recomputed = defense.release(  # what the victim sent, noise included
             smashed_in_batches(client, client_inputs, len(index)), batch_seed(cfg, partition, batch.counter)
         )[: len(batch.smashed)]
         if not torch.allclose(recomputed, batch.smashed, atol=1e-4, rtol=1e-4):

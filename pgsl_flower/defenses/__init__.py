@@ -22,7 +22,10 @@ from pgsl_flower.defenses.latent_perturbation import MinimaxPerturbation
 from pgsl_flower.defenses.nopeek import NoPeek, distance_correlation
 
 __all__ = [
-    "ADVERSARY_OWN_BATCH", "DPSGD", "MinimaxPerturbation", "dp_epsilon", "per_sample_gradients", "HARNESS_PARTITION", "HOLDOUT_BATCH", "batch_seed","LaplaceNoise", "NoPeek", "SmashedDataDefense", "distance_correlation", "laplace_noise", "make_defense"]
+    "ADVERSARY_OWN_BATCH", "DPSGD", "HARNESS_PARTITION", "HOLDOUT_BATCH", "LaplaceNoise", "MinimaxPerturbation",
+    "NoPeek", "SmashedDataDefense", "batch_seed", "distance_correlation", "dp_epsilon", "laplace_noise",
+    "make_defense", "per_sample_gradients",
+]
 
 
 def make_defense(cfg: RunConfig, image_channels: int = 1, partition_id: int = 0) -> SmashedDataDefense:

@@ -7,6 +7,7 @@ A spec is a TOML file (``simulations/*.toml``)::
     strategies = ["splitfed", "laplace", "pgsl"]   # presets strategies/<name>.toml
     clients = [2, 5, 10]
     seeds = [1, 2, 3]
+    total-samples = 2000                    # optional: split over each cell's clients
     [run-config]                            # every cell, after the preset
     num-rounds = 2
     adversary = 0                           # the adversarial client: attack columns
@@ -39,7 +40,7 @@ from typing import Any
 
 from flwr.common.config import parse_config_args
 
-from pgsl_flower.config import ConfigError, parse_run_config
+from pgsl_flower.config import SMASHED_DATA_ATTACKS, ConfigError, parse_run_config
 from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
 from pgsl_flower.experiments.memory import run_with_peak_memory
 from pgsl_flower.pilot.local import config_arg
@@ -52,6 +53,7 @@ COLUMNS = (
     "final_test_acc_attacked", "best_attack", "best_attack_mse", "best_attack_psnr", "best_attack_ssim",
     "best_attacker_accuracy", "final_epsilon", "median_round_seconds", "bytes_up_per_client",
     "bytes_down_per_client", "peak_memory_gib", "run_dir", "wall_seconds", "error",
+    *(f"{attack}_{metric}" for attack in SMASHED_DATA_ATTACKS for metric in ATTACK_METRICS),
 )
 
 
@@ -66,17 +68,24 @@ class SweepSpec:
     seeds: tuple[int, ...]
     run_config: dict[str, Any] = field(default_factory=dict)
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: When set, every cell's clients share this many images: samples-per-client = total // clients
+    #: (the same federation split over more hospitals, rather than more data with more hospitals).
+    total_samples: int = 0
     strategies_dir: Path = ROOT / "strategies"
 
-    def cell_config(self, dataset: str, strategy: str, seed: int) -> dict[str, Any]:
+    def cell_config(self, dataset: str, strategy: str, seed: int, clients: int | None = None) -> dict[str, Any]:
         """The run-config of one cell: preset, then [run-config], then [datasets.<name>]."""
         preset = parse_config_args([str(self.strategies_dir / f"{strategy}.toml")])
-        return {**preset, **self.run_config, **self.per_dataset.get(dataset, {}), "dataset": dataset, "seed": seed}
+        config = {**preset, **self.run_config, **self.per_dataset.get(dataset, {}), "dataset": dataset, "seed": seed}
+        if self.total_samples and clients:
+            config["samples-per-client"] = self.total_samples // clients
+        return config
 
     def cells(self) -> list[dict[str, Any]]:
+        """Seed-major order, so an interrupted sweep has whole seeds: every strategy x setting of seed 1 first."""
         return [
             {"dataset": d, "strategy": s, "clients": n, "seed": seed}
-            for d in self.datasets for s in self.strategies for n in self.clients for seed in self.seeds
+            for seed in self.seeds for d in self.datasets for n in self.clients for s in self.strategies
         ]
 
 
@@ -95,29 +104,36 @@ def load_spec(path: str | Path) -> SweepSpec:
         clients=tuple(int(n) for n in raw["clients"]), seeds=tuple(int(s) for s in raw["seeds"]),
         run_config=dict(raw.get("run-config", {})),
         per_dataset={k: dict(v) for k, v in raw.get("dataset-config", {}).items()},
+        total_samples=int(raw.get("total-samples", 0)),
     )
     for strategy in spec.strategies:
         if not (spec.strategies_dir / f"{strategy}.toml").is_file():
             raise ConfigError(f"sweep spec {path}: strategy {strategy!r} has no preset {spec.strategies_dir}/{strategy}.toml")
     if any(n < 1 for n in spec.clients) or not spec.clients or not spec.seeds:
         raise ConfigError(f"sweep spec {path}: 'clients' must be integers >= 1 and 'seeds' non-empty")
+    if spec.total_samples and (spec.total_samples < max(spec.clients) or any(
+            "samples-per-client" in c for c in (spec.run_config, *spec.per_dataset.values()))):
+        raise ConfigError(f"sweep spec {path}: 'total-samples' = {spec.total_samples} must be at least the largest "
+                          "client count, and replaces 'samples-per-client' (do not set both)")
     for dataset in spec.datasets:
         for strategy in spec.strategies:
             try:
-                parse_run_config(spec.cell_config(dataset, strategy, spec.seeds[0]))
+                parse_run_config(spec.cell_config(dataset, strategy, spec.seeds[0], max(spec.clients)))
             except ConfigError as err:
                 raise ConfigError(f"sweep spec {path}, cell {dataset}/{strategy}: {err}") from err
     return spec
 
 
 def _best_attack(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The strongest attack of a run: lowest MSE, highest PSNR/SSIM/attacker accuracy (each
-    over the attacks run), and the name of the one with the highest SSIM."""
-    names = sorted({k[len("attack_"):-len("_ssim")] for k in summary if k.startswith("attack_") and k.endswith("_ssim")})
+    """Each attack's scores, and the strongest attack of a run: lowest MSE, highest
+    PSNR/SSIM/attacker accuracy (each over the attacks run), and the name of the one with
+    the highest SSIM."""
+    names = [n for n in SMASHED_DATA_ATTACKS if f"attack_{n}_ssim" in summary]  # not the "input" reference row
     if not names:
         return {}
     value = {m: {n: float(summary[f"attack_{n}_{m}"]) for n in names} for m in ATTACK_METRICS}
     return {
+        **{f"{n}_{m}": value[m][n] for n in names for m in ATTACK_METRICS},
         "best_attack": max(names, key=value["ssim"].__getitem__),
         "best_attack_mse": min(value["mse"].values()),
         "best_attack_psnr": max(value["psnr"].values()),
@@ -130,7 +146,7 @@ def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[st
     """One cell in its own process; returns its row (raises if the run fails)."""
     run_dir = runs_dir / "-".join(str(cell[k]) for k in KEY)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"])
+    config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"], cell["clients"])
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(cell["clients"]),
                "--run-dir", str(run_dir), "--run-config", config_arg(config)]
     code, peak = run_with_peak_memory(command, run_dir / "log.txt", ROOT)

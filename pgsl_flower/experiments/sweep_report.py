@@ -3,9 +3,12 @@
 Tables give mean ± std over seeds of the finished (``ok``) cells:
 - Table I analog: the strongest attack per dataset, strategy and client count
   (lowest MSE, highest PSNR / SSIM, accuracy of a clean classifier on the
-  reconstructions);
+  reconstructions), then each attack's scores;
 - Table II analog: test accuracy (and PGSL's streams) per dataset, strategy and
   client count;
+- privacy at matched utility: per dataset and client count, the defended strategy
+  with the lowest best-attack SSIM among those whose mean accuracy is within 1
+  point of the undefended strategy's;
 - cost: wall time per round, MB up/down per client per round, peak memory.
 
 Plots (PNG, one per dataset): accuracy vs client count per strategy; privacy-
@@ -23,9 +26,52 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pgsl_flower.experiments.sweep import COLUMNS, KEY, SweepSpec  # noqa: E402
+from pgsl_flower.config import SMASHED_DATA_ATTACKS  # noqa: E402
+from pgsl_flower.experiments.sweep import ATTACK_METRICS, COLUMNS, KEY, SweepSpec  # noqa: E402
 
 GROUP = ["dataset", "strategy", "clients"]
+#: "Matched utility": mean test accuracy at most this far below the undefended strategy's.
+MATCHED_ACCURACY_DROP = 0.01
+
+
+def matched_utility(ok: pd.DataFrame, undefended: str, max_drop: float = MATCHED_ACCURACY_DROP) -> pd.DataFrame:
+    """Per dataset and client count, every strategy's mean accuracy and best-attack scores next
+    to the undefended strategy's; ``matched`` when its accuracy is at most ``max_drop`` below.
+
+    Rows are sorted so that, within a setting, the matched strategies come first, most private
+    (lowest best-attack SSIM) first: the first matched defended row is the answer to "best
+    privacy at matched utility".
+    """
+    means = ok.groupby(GROUP)[["final_test_accuracy", "best_attack_ssim", "best_attack_mse"]].mean().reset_index()
+    base = means.loc[means.strategy == undefended, ["dataset", "clients", "final_test_accuracy", "best_attack_ssim"]]
+    rows = means.merge(base, on=["dataset", "clients"], suffixes=("", "_undefended"))
+    rows["accuracy_drop"] = rows.final_test_accuracy_undefended - rows.final_test_accuracy
+    rows["matched"] = rows.accuracy_drop <= max_drop + 1e-12
+    return rows.sort_values(["dataset", "clients", "matched", "best_attack_ssim"],
+                            ascending=[True, True, False, True]).reset_index(drop=True)
+
+
+def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
+    undefended = [s for s in spec.strategies if spec.cell_config(spec.datasets[0], s, spec.seeds[0]).get(
+        "defense", "none") == "none"]
+    if not undefended or ok.best_attack_ssim.isna().all():
+        return []
+    rows = matched_utility(ok, undefended[0])
+    lines = [(f"## Privacy at matched utility (accuracy within {MATCHED_ACCURACY_DROP * 100:.0f} point of "
+              f"`{undefended[0]}`, the undefended strategy)"), "",
+             "Means over seeds. Privacy is the strongest attack's SSIM (lower = more private); MSE for reference.",
+             ""]
+    for (dataset, clients), group in rows.groupby(["dataset", "clients"], sort=True):
+        defended = group[(group.strategy != undefended[0]) & group.matched]
+        best = (f"**{defended.strategy.iloc[0]}** (SSIM {defended.best_attack_ssim.iloc[0]:.3f} against "
+                f"{group.best_attack_ssim_undefended.iloc[0]:.3f} undefended)") if len(defended) else \
+            "no defense keeps accuracy within the margin"
+        lines.append(f"- {dataset}, {clients} clients: best privacy at matched utility: {best}.")
+    table = rows.assign(
+        accuracy=(rows.final_test_accuracy * 100).round(2), drop_points=(rows.accuracy_drop * 100).round(2),
+        ssim=rows.best_attack_ssim.round(3), mse=rows.best_attack_mse.round(4),
+    )[["dataset", "clients", "strategy", "accuracy", "drop_points", "matched", "ssim", "mse"]]
+    return [*lines, "", _markdown(table), ""]
 
 
 def _mean_std(frame: pd.DataFrame, column: str, scale: float = 1.0, digits: int = 2) -> pd.Series:
@@ -95,7 +141,9 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
         "",
         f"Strategies {list(spec.strategies)} x clients {list(spec.clients)} x seeds {list(spec.seeds)} x datasets "
         f"{list(spec.datasets)}; shared run-config `{spec.run_config}`"
-        + (f", per dataset `{spec.per_dataset}`" if spec.per_dataset else "") + ".",
+        + (f", per dataset `{spec.per_dataset}`" if spec.per_dataset else "")
+        + (f"; {spec.total_samples} images split over each cell's clients (samples-per-client = "
+           f"{spec.total_samples} // clients)" if spec.total_samples else "") + ".",
         f"Cells finished: {len(ok)} of {len(spec.cells())}. Mean ± std over seeds. Regenerate with "
         f"`python -m pgsl_flower.experiments.sweep report simulations/{spec.name}.toml`.",
         "",
@@ -109,12 +157,19 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                               "best-attack PSNR dB": ("best_attack_psnr", 1.0, 2),
                               "best-attack SSIM": ("best_attack_ssim", 1.0, 3),
                               "attacker accuracy %": ("best_attacker_accuracy", 100.0, 1)}), ""]
+        per_attack = {f"{attack} {label}": (f"{attack}_{metric}", scale, digits)
+                      for attack in SMASHED_DATA_ATTACKS
+                      for metric, (label, scale, digits) in zip(ATTACK_METRICS, (
+                          ("MSE", 1.0, 4), ("PSNR dB", 1.0, 2), ("SSIM", 1.0, 3), ("attacker acc %", 100.0, 1)),
+                          strict=True)}
+        lines += ["### Each attack", "", _table(ok, per_attack), ""]
         lines += ["## Table II analog: test accuracy %", "",
                   _table(ok, {"accuracy": ("final_test_accuracy", 100.0, 2),
                               "PGSL recovered": ("final_test_acc_recovered", 100.0, 2),
                               "PGSL fused": ("final_test_acc_fused", 100.0, 2),
                               "PGSL attacked": ("final_test_acc_attacked", 100.0, 2),
                               "DP epsilon": ("final_epsilon", 1.0, 2)}), ""]
+        lines += _matched_section(ok, spec)
         lines += ["## Cost", "",
                   _table(ok, {"s per round": ("median_round_seconds", 1.0, 1),
                               "MB up per client per round": ("bytes_up_per_client", 1e-6, 1),
