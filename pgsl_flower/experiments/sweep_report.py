@@ -135,6 +135,8 @@ def _privacy_utility(frame: pd.DataFrame, dataset: str, path: Path) -> None:
 def write_report(spec: SweepSpec, out_dir: Path) -> str:
     """Render ``out_dir/report.md`` (+ PNGs) from ``out_dir/runs.csv``; returns the markdown."""
     runs = pd.read_csv(out_dir / "runs.csv").reindex(columns=list(COLUMNS))
+    cells = {tuple(cell[k] for k in KEY) for cell in spec.cells()}
+    runs = runs[[tuple(row) in cells for row in runs[list(KEY)].itertuples(index=False)]]  # the spec's cells only
     ok = runs[runs.status == "ok"].copy()
     lines = [
         f"# Sweep `{spec.name}`",
