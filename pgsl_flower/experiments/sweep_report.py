@@ -63,10 +63,15 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
              ""]
     for (dataset, clients), group in rows.groupby(["dataset", "clients"], sort=True):
         defended = group[(group.strategy != undefended[0]) & group.matched]
-        best = (f"**{defended.strategy.iloc[0]}** (SSIM {defended.best_attack_ssim.iloc[0]:.3f} against "
-                f"{group.best_attack_ssim_undefended.iloc[0]:.3f} undefended)") if len(defended) else \
-            "no defense keeps accuracy within the margin"
-        lines.append(f"- {dataset}, {clients} clients: best privacy at matched utility: {best}.")
+        base_ssim, base_accuracy = group.best_attack_ssim_undefended.iloc[0], group.final_test_accuracy_undefended.iloc[0]
+        if len(defended):
+            ssim = defended.best_attack_ssim.iloc[0]
+            best = (f"**{defended.strategy.iloc[0]}**, SSIM {ssim:.3f} against {base_ssim:.3f} undefended"
+                    + ("" if ssim < base_ssim else ": no more private than no defense"))
+        else:
+            best = "none: no defense keeps accuracy within the margin"
+        lines.append(f"- {dataset}, {clients} clients (undefended accuracy {base_accuracy * 100:.2f} %): "
+                     f"best privacy at matched utility: {best}.")
     table = rows.assign(
         accuracy=(rows.final_test_accuracy * 100).round(2), drop_points=(rows.accuracy_drop * 100).round(2),
         ssim=rows.best_attack_ssim.round(3), mse=rows.best_attack_mse.round(4),
