@@ -98,6 +98,9 @@ def test_bad_specs_are_refused_naming_the_problem(tmp_path):
     spec.write_text(SPEC.replace("num-rounds = 1", "num-rounds = 1\nsamples-per-client = 100"))
     with pytest.raises(ConfigError, match="total-samples"):
         load_spec(spec)
+    spec.write_text(SPEC.replace("total-samples = 480", 'total-samples = "many"'))
+    with pytest.raises(ConfigError, match="'total-samples' must be a non-negative integer, got 'many'"):
+        load_spec(spec)
     spec.write_text("name = 'x'\n")
     with pytest.raises(ConfigError, match="missing key"):
         load_spec(spec)

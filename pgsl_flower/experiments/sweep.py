@@ -99,12 +99,15 @@ def load_spec(path: str | Path) -> SweepSpec:
     missing = [k for k in ("name", "datasets", "strategies", "clients", "seeds") if k not in raw]
     if missing:
         raise ConfigError(f"sweep spec {path}: missing key(s) {missing}")
+    total = raw.get("total-samples", 0)
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise ConfigError(f"sweep spec {path}: 'total-samples' must be a non-negative integer, got {total!r}")
     spec = SweepSpec(
         name=str(raw["name"]), datasets=tuple(raw["datasets"]), strategies=tuple(raw["strategies"]),
         clients=tuple(int(n) for n in raw["clients"]), seeds=tuple(int(s) for s in raw["seeds"]),
         run_config=dict(raw.get("run-config", {})),
         per_dataset={k: dict(v) for k, v in raw.get("dataset-config", {}).items()},
-        total_samples=int(raw.get("total-samples", 0)),
+        total_samples=total,
     )
     for strategy in spec.strategies:
         if not (spec.strategies_dir / f"{strategy}.toml").is_file():
