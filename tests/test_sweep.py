@@ -87,22 +87,21 @@ def test_sweep_runs_resumes_after_a_kill_records_failures_and_reports(tmp_path):
     assert main(["report", str(spec), "--results", str(results)]) == 0  # report alone, from runs.csv
 
 
-def test_bad_specs_are_refused_naming_the_problem(tmp_path):
+BAD_SPECS = [
+    (SPEC.replace('"laplace"', '"nonexistent"'), "strategy 'nonexistent' has no preset"),
+    (SPEC.replace("batch-size = 32", "batch-size = 0"), "batch-size"),
+    (SPEC.replace("num-rounds = 1", "num-rounds = 1\nsamples-per-client = 100"), "replaces 'samples-per-client'"),
+    (SPEC.replace("total-samples = 480", 'total-samples = "many"'),
+     "'total-samples' must be a non-negative integer, got 'many'"),
+    ("name = 'x'\n", "missing key"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS, ids=["strategy", "run-config", "both-sizes", "total", "keys"])
+def test_bad_specs_are_refused_naming_the_problem(tmp_path, text, message):
     spec = tmp_path / "bad.toml"
-    spec.write_text(SPEC.replace('"laplace"', '"nonexistent"'))
-    with pytest.raises(ConfigError, match="strategy 'nonexistent' has no preset"):
-        load_spec(spec)
-    spec.write_text(SPEC.replace("batch-size = 32", "batch-size = 0"))
-    with pytest.raises(ConfigError, match="batch-size"):
-        load_spec(spec)
-    spec.write_text(SPEC.replace("num-rounds = 1", "num-rounds = 1\nsamples-per-client = 100"))
-    with pytest.raises(ConfigError, match="total-samples"):
-        load_spec(spec)
-    spec.write_text(SPEC.replace("total-samples = 480", 'total-samples = "many"'))
-    with pytest.raises(ConfigError, match="'total-samples' must be a non-negative integer, got 'many'"):
-        load_spec(spec)
-    spec.write_text("name = 'x'\n")
-    with pytest.raises(ConfigError, match="missing key"):
+    spec.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_spec(spec)
 
 
