@@ -128,13 +128,14 @@ def ground_truth(
     """Originals of each intercepted batch, checked against the intercepted smashed data."""
     images, inputs, labels = [], [], []
     defense = make_defense(cfg)
+    channels = local_data(cfg, partitions[batches[0].node], num_partitions).train_images.shape[1]
+    client = build_client_net(cfg, channels)  # one model: smashed_in_batches restores its state after each use
+    client.load_state_dict(client_weights)
     for batch in batches:
         partition = partitions[batch.node]
         data = local_data(cfg, partition, num_partitions)
         index = batch_indices(data.train_labels.shape[0], cfg.batch_size, batch.counter, client_order_seed(cfg, partition))
         client_inputs = data.inputs(index)
-        client = build_client_net(cfg, data.train_images.shape[1])
-        client.load_state_dict(client_weights)
         recomputed = defense.release(  # what the victim sent, noise included
             smashed_in_batches(client, client_inputs, len(index)), batch_seed(cfg, partition, batch.counter)
         )[: len(batch.smashed)]

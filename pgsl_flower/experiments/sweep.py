@@ -183,7 +183,7 @@ def run_sweep(spec: SweepSpec, out_dir: Path, runs_dir: Path, log: Any = print) 
             continue
         started = time.perf_counter()
         runs = run_cell(runs, cell, lambda cell=cell: run_one(spec, cell, runs_dir), path, COLUMNS)
-        status = runs[(runs[list(KEY)] == [cell[k] for k in KEY]).all(axis=1)].status.iloc[-1]
+        status = "ok" if is_done(runs, cell) else "failed"
         log(f"[{index}/{len(cells)}] {cell}: {status} in {time.perf_counter() - started:.0f} s")
 
 
