@@ -40,7 +40,7 @@ def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: s
         f"partitioner='dirichlet' alpha={args.alpha} samples-per-client=0 num-rounds={args.rounds} "
         f"batches-per-round={args.batches_per_round} fraction-train={args.fraction_train} "
         f"test-samples={args.test_samples} local-eval-samples=32 device='{args.device}' "
-        f"min-available-clients=1 {args.run_config} {extra}"
+        f"min-available-clients=1 bn-recalibration='off' {args.run_config} {extra}"
     )
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(num_clients),
                "--run-dir", str(run_dir), "--run-config", config]

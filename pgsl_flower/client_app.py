@@ -28,8 +28,10 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from pgsl_flower import checkpoint, protocol
+from pgsl_flower.batchnorm import batchnorm_layers, input_moments
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.defenses import (
+    CALIBRATION_BATCH,
     DPSGD,
     HOLDOUT_BATCH,
     MinimaxPerturbation,
@@ -39,8 +41,8 @@ from pgsl_flower.defenses import (
 )
 from pgsl_flower.local_data import (
     LocalData,
-    batch_indices,
-    client_order_seed,
+    augment_seed,
+    client_batch_indices,
     local_data,
     site_local_data,
 )
@@ -119,8 +121,11 @@ class SplitClient:
         self.fresh = not self.run_key  # no round of this run started here yet
 
     def _indices(self, counter: int) -> torch.Tensor:
-        n = self.data.train_labels.shape[0]
-        return batch_indices(n, self.cfg.batch_size, counter, client_order_seed(self.cfg, self.partition_id))
+        return client_batch_indices(self.cfg, self.data, self.partition_id, counter)
+
+    def _inputs(self, indices: torch.Tensor, counter: int) -> torch.Tensor:
+        """The training batch's input, augmented (seeded by the batch counter) when configured."""
+        return self.data.inputs(indices, augment_seed=augment_seed(self.cfg, self.partition_id, counter))
 
     def load_weights(self, record: ArrayRecord) -> None:
         reference = self.model.state_dict()
@@ -153,7 +158,7 @@ class SplitClient:
         self.model.train()
         with self._trainable() as (model, optimizer):
             for counter, idx, grad in zip(counters, indices, grads, strict=True):
-                inputs = self.data.inputs(idx)
+                inputs = self._inputs(idx, counter)
                 smashed = model(inputs)  # updates BN running stats, at the current weights
                 optimizer.zero_grad(set_to_none=True)
                 extra = self.defense.local_loss(inputs, smashed)  # e.g. NoPeek's weighted DCor(x, h)
@@ -197,7 +202,7 @@ class SplitClient:
         for i in range(count):
             indices = self._indices(self.counter + i)
             with torch.no_grad(), _frozen_running_stats(self.model):  # updated once, in apply_gradients
-                smashed = self.model(self.data.inputs(indices))
+                smashed = self.model(self._inputs(indices, self.counter + i))
             smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
             records[protocol.batch_record(i)] = protocol.encode_batch(smashed, self.data.labels(indices))
         self.counter += count
@@ -216,6 +221,32 @@ class SplitClient:
             smashed = self.model(self.data.inputs(indices, "holdout"))
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, HOLDOUT_BATCH))
         return protocol.encode_batch(smashed, self.data.labels(indices, "holdout"))
+
+    # -- BatchNorm recalibration (run-config bn-recalibration) ---------------------------------
+    def calibration_batches(self, instructions: ConfigRecord) -> list[torch.Tensor]:
+        """Inputs (not augmented) of the first 'instructions.samples' training samples, in batches."""
+        samples = int(instructions.get("samples", 0))
+        if samples < 1:
+            raise protocol.PayloadError(f"field 'instructions.samples' = {samples}, expected >= 1")
+        indices = torch.arange(min(samples, int(self.data.train_labels.shape[0])))
+        return [self.data.inputs(chunk) for chunk in indices.split(self.cfg.batch_size)]
+
+    def bn_moments(self, instructions: ConfigRecord) -> ArrayRecord:
+        """Moments of the input of BN layer 'instructions.layer' over the calibration samples."""
+        layers = batchnorm_layers(self.model)
+        layer = str(instructions.get("layer", ""))
+        if layer not in layers:
+            raise protocol.PayloadError(f"field 'instructions.layer' = {layer!r}, expected one of {layers}")
+        moments = input_moments(self.model, layer, self.calibration_batches(instructions))
+        return protocol.encode_moments(moments.total, moments.squares, moments.count)
+
+    def calibration_smashed(self, instructions: ConfigRecord) -> ArrayRecord:
+        """Eval-mode smashed data of the calibration samples, released as in training (no labels)."""
+        self.model.eval()
+        with torch.no_grad():
+            smashed = torch.cat([self.model(batch) for batch in self.calibration_batches(instructions)])
+        smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, CALIBRATION_BATCH))
+        return ArrayRecord({"h": protocol.tensor_to_array(smashed)})
 
     def save(self) -> None:
         state = self.context.state
@@ -308,6 +339,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
                 "num-train": int(client.data.train_labels.shape[0]),
                 "num-holdout": int(client.data.holdout_labels.shape[0]),
                 "num-classes": client.data.num_classes,
+                "class-counts": torch.bincount(client.data.train_labels, minlength=client.data.num_classes).tolist(),
                 "partition-id": client.partition_id,
                 "site-name": str(client.context.node_config.get("site-name", "")),
             }
@@ -336,6 +368,21 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
             reply[protocol.INFO] = ConfigRecord(info)
             client.save_round_state()
         return reply
+
+    def calibration_request(client: SplitClient, message: Message) -> ConfigRecord:
+        """A BatchNorm recalibration query: load its client weights, return its instructions."""
+        client.load_weights(protocol.require_record(message.content, protocol.CLIENT_WEIGHTS, ArrayRecord))
+        return protocol.require_record(message.content, protocol.INSTRUCTIONS, ConfigRecord)
+
+    @client_app.query("bn_stats")
+    @handler
+    def bn_stats(client: SplitClient, message: Message) -> RecordDict:
+        return RecordDict({protocol.BN_MOMENTS: client.bn_moments(calibration_request(client, message))})
+
+    @client_app.query("bn_smashed")
+    @handler
+    def bn_smashed(client: SplitClient, message: Message) -> RecordDict:
+        return RecordDict({protocol.CALIBRATION: client.calibration_smashed(calibration_request(client, message))})
 
     @client_app.query("attack")
     @handler

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-DATASETS = ("mnist", "mias")
+DATASETS = ("mnist", "mias", "mias-roi", "breastmnist")
+#: Datasets of medical images: class-balanced loss and augmentation by default ("auto").
+MEDICAL_DATASETS = ("mias", "mias-roi", "breastmnist")
+SWITCHES = ("auto", "on", "off")
+CLASS_BALANCES = ("auto", "none", "loss", "sampling")
+AUGMENTATIONS = ("auto", "none", "flip", "standard")
+SERVER_TOWERS = ("paper", "pooled")
 SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,7 +41,18 @@ class RunConfig:
 
     dataset: str = "mnist"
     data_dir: str = ""  # empty: PGSL_DATA_DIR, then datasets/, then ../shared/data
-    image_size: int = 0  # 0: the dataset's default (28 for MNIST, 128 for MIAS)
+    image_size: int = 0  # 0: the dataset's default (MNIST 28, MIAS 128, MIAS ROI 64, BreastMNIST 28)
+    fold: int = -1  # MIAS / MIAS ROI: -1 the paper's test split, else this cross-validation fold as test
+    cv_folds: int = 5  # folds of the stratified, patient-grouped cross-validation ('fold' >= 0)
+    breast_crop: str = "auto"  # MIAS: crop to the breast, background blacked out (auto: on for mias)
+    laterality: str = "auto"  # MIAS: mirror so the chest wall is on the left (auto: on for mias, mias-roi)
+    roi_size: int = 256  # mias-roi: patch window in pixels of the 1024 x 1024 mammogram
+    class_balance: str = "auto"  # none | loss (class-weighted) | sampling (auto: loss on medical data)
+    augment: str = "auto"  # none | flip | standard: client-side, seeded (auto: standard on medical data)
+    server_tower: str = "paper"  # paper (no pooling) | pooled (max-pool after conv3, conv5, conv7)
+    bn_recalibration: str = "on"  # re-estimate the aggregated model's BatchNorm statistics each round
+    bn_calibration_samples: int = 512  # per client: training samples the recalibration runs over
+    bn_momentum: float = 0.1  # BatchNorm running-statistics momentum; 0: cumulative average
     num_rounds: int = 3
     batch_size: int = 64
     lr: float = 0.001
@@ -93,6 +110,13 @@ class RunConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("defense", self.defense, DEFENSES)
         _check_choice("client-norm", self.client_norm, CLIENT_NORMS)
+        _check_choice("breast-crop", self.breast_crop, SWITCHES)
+        _check_choice("laterality", self.laterality, SWITCHES)
+        _check_choice("class-balance", self.class_balance, CLASS_BALANCES)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("server-tower", self.server_tower, SERVER_TOWERS)
+        _check_choice("bn-recalibration", self.bn_recalibration, ("on", "off"))
+        self._check_dataset_options()
         if self.defense == "dp-sgd" and self.client_norm != "group":
             raise ConfigError(
                 "defense 'dp-sgd' needs run-config client-norm = 'group' (per-sample gradients do not "
@@ -119,6 +143,10 @@ class RunConfig:
             ("attack-epochs", 1),
             ("attack-steps", 1),
             ("gan-steps", 1),
+            ("fold", -1),
+            ("cv-folds", 2),
+            ("roi-size", 16),
+            ("bn-calibration-samples", 1),
         ):
             value = getattr(self, _attr(key))
             if value < low:
@@ -133,7 +161,7 @@ class RunConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number > 0, got {value!r}")
         for key in ("weight-decay", "lr-decay", "pgsl-lambda", "attack-theta", "laplace-scale", "nopeek-weight",
-                    "dp-noise-multiplier", "ldp-weight"):
+                    "dp-noise-multiplier", "ldp-weight", "bn-momentum"):
             value = getattr(self, _attr(key))
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"run-config '{key}' must be a finite number >= 0, got {value!r}")
@@ -150,17 +178,70 @@ class RunConfig:
             )
         if not 0.0 < self.dp_delta < 1.0:
             raise ConfigError(f"run-config 'dp-delta' must be in (0, 1), got {self.dp_delta!r}")
+        if self.bn_momentum > 1.0:
+            raise ConfigError(f"run-config 'bn-momentum' must be in [0, 1], got {self.bn_momentum!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(
                 f"run-config 'holdout-fraction' must be in [0, 1), got {self.holdout_fraction!r}"
             )
+
+    def _check_dataset_options(self) -> None:
+        """Options that only some datasets have."""
+        if self.fold >= self.cv_folds:
+            raise ConfigError(f"run-config 'fold' must be -1 or in 0..{self.cv_folds - 1} ('cv-folds'), got {self.fold}")
+        if self.fold >= 0 and self.dataset not in ("mias", "mias-roi"):
+            raise ConfigError(
+                f"run-config 'fold' = {self.fold}: dataset {self.dataset!r} has a fixed train/test split "
+                "(folds apply to mias and mias-roi); leave 'fold' at -1"
+            )
+        if self.roi_size > 1024:
+            raise ConfigError(f"run-config 'roi-size' must be <= 1024 (the mammogram's side), got {self.roi_size}")
+        for key, datasets in (("breast-crop", ("mias",)), ("laterality", ("mias", "mias-roi"))):
+            if getattr(self, _attr(key)) == "on" and self.dataset not in datasets:
+                raise ConfigError(
+                    f"run-config '{key}' = 'on' applies to {list(datasets)}, not dataset {self.dataset!r}"
+                )
 
     @property
     def resolved_image_size(self) -> int:
         """Image side length fed to the model (before pixel-unshuffle)."""
         if self.image_size:
             return self.image_size
-        return 28 if self.dataset == "mnist" else 128
+        return {"mnist": 28, "mias": 128, "mias-roi": 64, "breastmnist": 28}[self.dataset]
+
+    @property
+    def medical(self) -> bool:
+        """Whether the dataset is medical (imbalanced): balanced accuracy leads its reports."""
+        return self.dataset in MEDICAL_DATASETS
+
+    @property
+    def crops_breast(self) -> bool:
+        """'breast-crop' resolved: 'auto' is on for mias."""
+        return self.breast_crop == "on" or (self.breast_crop == "auto" and self.dataset == "mias")
+
+    @property
+    def normalises_laterality(self) -> bool:
+        """'laterality' resolved: 'auto' is on for mias and mias-roi."""
+        return self.laterality == "on" or (self.laterality == "auto" and self.dataset in ("mias", "mias-roi"))
+
+    @property
+    def resolved_class_balance(self) -> str:
+        """'class-balance' resolved: 'auto' is 'loss' on medical datasets, 'none' on MNIST."""
+        if self.class_balance != "auto":
+            return self.class_balance
+        return "loss" if self.medical else "none"
+
+    @property
+    def resolved_augment(self) -> str:
+        """'augment' resolved: 'auto' is 'standard' on medical datasets, 'none' on MNIST."""
+        if self.augment != "auto":
+            return self.augment
+        return "standard" if self.medical else "none"
+
+    @property
+    def recalibrates_bn(self) -> bool:
+        """Whether BatchNorm statistics are re-estimated after each round's aggregation."""
+        return self.bn_recalibration == "on"
 
     @property
     def pixel_attacked(self) -> bool:

@@ -1,12 +1,13 @@
-"""Evaluation of the split network: scores per stream, decision, accuracy, loss."""
+"""Evaluation of the split network: scores per stream, decision, and the classification report."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import torch
 
+from pgsl_flower.classification_metrics import classification_report
 from pgsl_flower.model import ClientNet
 
 
@@ -19,12 +20,16 @@ class ScoringServer(Protocol):
 
 
 def score_smashed(
-    server: ScoringServer, smashed_batches: Iterable[torch.Tensor], labels: torch.Tensor
-) -> dict[str, float]:
-    """Accuracy and NLL of the server's decision, plus per-stream accuracy where there are streams.
+    server: ScoringServer, smashed_batches: Iterable[torch.Tensor], labels: torch.Tensor,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """NLL and the classification report of the server's decision (``report``: accuracy,
+    balanced accuracy, macro-F1, AUROC, per-class recall, confusion matrix), plus each
+    stream's accuracy and balanced accuracy where there are streams (PGSL).
 
     Scores of all batches are gathered before the decision, so PGSL's
     adaptive weights (eqs. 10-11) use the statistics of the whole set.
+    ``classes`` names the classes (default: their indices).
     """
     gathered: dict[str, list[torch.Tensor]] = {}
     for smashed in smashed_batches:
@@ -32,14 +37,15 @@ def score_smashed(
             gathered.setdefault(name, []).append(value.cpu())
     scores = {name: torch.cat(values) for name, values in gathered.items()}
     decision = server.decide(scores)
+    names = tuple(classes) if classes is not None else tuple(str(k) for k in range(decision.shape[1]))
     picked = decision.gather(1, labels.view(-1, 1)).clamp_min(1e-12)
-    out = {
-        "loss": float(-picked.log().mean()),
-        "accuracy": float((decision.argmax(1) == labels).float().mean()),
-    }
+    report = classification_report(decision, labels, names)
+    out: dict[str, Any] = {"loss": float(-picked.log().mean()), "accuracy": report.accuracy, "report": report}
     for name, value in scores.items():
         if name != "output":
-            out[f"acc_{name}"] = float((value.argmax(1) == labels).float().mean())
+            stream = classification_report(value, labels, names)
+            out[f"acc_{name}"] = stream.accuracy
+            out[f"bacc_{name}"] = stream.balanced_accuracy
     return out
 
 
@@ -52,7 +58,8 @@ def evaluate_split(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
     release: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-) -> dict[str, float]:
+    classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Run prepared client inputs (N, 4C + 1, H/2, W/2) through client + server (eval mode).
 
     This is the evaluation harness, run by the server on the global test set; it
@@ -66,4 +73,4 @@ def evaluate_split(
         release(client(inputs[start : start + batch_size].to(device)), start)
         for start in range(0, len(labels), batch_size)
     )
-    return score_smashed(server, batches, labels)
+    return score_smashed(server, batches, labels, classes)

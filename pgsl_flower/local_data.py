@@ -15,10 +15,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from pgsl_flower.augmentation import Augmentation, augmentation_for
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import (
-    MIAS_CLASSES,
-    MNIST_CLASSES,
+    DATASET_CLASSES,
     ImageDataset,
     load_dataset,
     partition_indices,
@@ -29,7 +29,7 @@ from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
 from pgsl_flower.pgsl.resampling import downsample
 
 #: Class names per dataset: the labels a site's ``labels.csv`` may use.
-CLASSES = {"mnist": MNIST_CLASSES, "mias": MIAS_CLASSES}
+CLASSES = DATASET_CLASSES
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class LocalData:
 
     With PGSL (or its client side alone), ``attacked`` holds the pixel-attacked images and
     saliency maps of both splits, and the model input is built from those.
+    ``augmentation`` (run-config 'augment') transforms training batches when given a seed.
     """
 
     train_images: torch.Tensor
@@ -46,23 +47,43 @@ class LocalData:
     holdout_labels: torch.Tensor
     num_classes: int
     attacked: dict[str, torch.Tensor] | None = None
+    augmentation: Augmentation | None = None
 
-    def inputs(self, indices: torch.Tensor, split: str = "train") -> torch.Tensor:
-        """Client-part input for the given samples: (N, 4C + 1, H/2, W/2)."""
+    def inputs(self, indices: torch.Tensor, split: str = "train", augment_seed: int | None = None) -> torch.Tensor:
+        """Client-part input for the given samples: (N, 4C + 1, H/2, W/2).
+
+        ``augment_seed`` (training split only) applies the augmentation, seeded by it.
+        """
+        augment = self.augmentation if split == "train" and augment_seed is not None else None
         if self.attacked is not None:
             key = "train" if split == "train" else "other"
-            return downsample(self.attacked[key][indices].float(), self.attacked[f"{key}-map"][indices].float())
-        images = self.train_images if split == "train" else self.holdout_images
-        return prepare_input(images[indices].float().div_(255.0))
+            images, maps = self.attacked[key][indices].float(), self.attacked[f"{key}-map"][indices].float()
+            if augment is not None:
+                images, maps = augment.apply(images, augment_seed, maps)
+            return downsample(images, maps)
+        images = (self.train_images if split == "train" else self.holdout_images)[indices].float().div_(255.0)
+        if augment is not None:
+            images, _ = augment.apply(images, augment_seed)
+        return prepare_input(images)
+
+    def images(self, indices: torch.Tensor, augment_seed: int | None = None) -> torch.Tensor:
+        """Clean training images as floats in [0, 1], augmented as :meth:`inputs` augments them
+        for the same seed (the victim's image an attack is scored against)."""
+        images = self.train_images[indices].float().div_(255.0)
+        if self.augmentation is not None and augment_seed is not None:
+            images, _ = self.augmentation.apply(images, augment_seed)
+        return images
 
     def labels(self, indices: torch.Tensor, split: str = "train") -> torch.Tensor:
         return (self.train_labels if split == "train" else self.holdout_labels)[indices]
 
 
 def load_datasets(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) for the run's dataset, image size and seed."""
+    """(train, test) for the run's dataset, image size, seed, fold and preprocessing."""
     return load_dataset(
-        cfg.dataset, cfg.data_dir or None, image_size=cfg.resolved_image_size, seed=cfg.seed
+        cfg.dataset, cfg.data_dir or None, image_size=cfg.resolved_image_size, seed=cfg.seed, fold=cfg.fold,
+        folds=cfg.cv_folds, breast_crop=cfg.crops_breast, laterality=cfg.normalises_laterality,
+        roi_size=cfg.roi_size,
     )
 
 
@@ -114,6 +135,7 @@ def _split(
         holdout_images=dataset.images[held],
         holdout_labels=dataset.labels[held],
         num_classes=len(dataset.classes),
+        augmentation=augmentation_for(cfg),
     )
     if cfg.pixel_attacked:
         attacked = attacked_split(
@@ -144,6 +166,33 @@ def batch_indices(num_samples: int, batch_size: int, counter: int, seed: int) ->
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_samples, generator=generator)
     return order[step * batch_size : (step + 1) * batch_size]
+
+
+def balanced_batch_indices(labels: torch.Tensor, batch_size: int, counter: int, seed: int) -> torch.Tensor:
+    """Like :func:`batch_indices`, but each epoch draws its samples with replacement, with
+    probability inversely proportional to their class's count (run-config class-balance =
+    'sampling'): every class present is drawn equally often in expectation."""
+    num_samples = int(labels.shape[0])
+    per_epoch = batches_per_epoch(num_samples, batch_size)
+    epoch, step = divmod(counter, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    counts = torch.bincount(labels)
+    weights = 1.0 / counts[labels].double()
+    order = torch.multinomial(weights, per_epoch * min(batch_size, num_samples), replacement=True, generator=generator)
+    return order[step * batch_size : (step + 1) * batch_size]
+
+
+def client_batch_indices(cfg: RunConfig, data: LocalData, partition_id: int, counter: int) -> torch.Tensor:
+    """The client's ``counter``-th training batch: shuffled epochs, or class-balanced draws."""
+    seed = client_order_seed(cfg, partition_id)
+    if cfg.resolved_class_balance == "sampling":
+        return balanced_batch_indices(data.train_labels, cfg.batch_size, counter, seed)
+    return batch_indices(int(data.train_labels.shape[0]), cfg.batch_size, counter, seed)
+
+
+def augment_seed(cfg: RunConfig, partition_id: int, counter: int) -> int:
+    """Seed of the augmentation of a client's ``counter``-th training batch (not the defense's seed)."""
+    return (cfg.seed * 2_000_003 + partition_id) * 10_000_079 + counter
 
 
 def client_order_seed(cfg: RunConfig, partition_id: int) -> int:

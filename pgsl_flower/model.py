@@ -11,6 +11,12 @@ Decisions not fixed by the paper:
   adaptive average pool to 7x7 keeps the FC size independent of the image
   size (MNIST 28 -> 14x14 after unshuffle; MIAS 128 -> 64x64).
 - FC hidden width 128.
+
+A documented variant of the server tower (run-config ``server-tower =
+"pooled"``): a 2x2 max-pool after conv3, conv5 and conv7 and a global average
+pool before the FC layers. Without pooling, seven 3x3 convs see 15x15 pixels of
+the 64x64 smashed data of a 128-pixel mammogram; the pooled tower sees the whole
+image, at about a third of the compute. The paper's tower stays the default.
 """
 
 from __future__ import annotations
@@ -50,12 +56,15 @@ CLIENT_NORMS = ("batch", "group")
 GROUPS = 8
 
 
-def _conv_block(in_channels: int, norm: str = "batch") -> list[nn.Module]:
+def _conv_block(in_channels: int, norm: str = "batch", bn_momentum: float = 0.1) -> list[nn.Module]:
+    """conv 3x3 -> norm -> ReLU; ``bn_momentum`` 0 makes BatchNorm's running statistics a
+    cumulative average (PyTorch's ``momentum=None``)."""
     if norm not in CLIENT_NORMS:
         raise ValueError(f"norm must be one of {CLIENT_NORMS}, got {norm!r}")
     return [
         nn.Conv2d(in_channels, CONV_CHANNELS, 3, padding=1),
-        nn.BatchNorm2d(CONV_CHANNELS) if norm == "batch" else nn.GroupNorm(GROUPS, CONV_CHANNELS),
+        nn.BatchNorm2d(CONV_CHANNELS, momentum=bn_momentum or None) if norm == "batch"
+        else nn.GroupNorm(GROUPS, CONV_CHANNELS),
         nn.ReLU(inplace=norm == "batch"),  # Opacus' backward hooks (DP-SGD, GroupNorm) forbid in-place
     ]
 
@@ -81,11 +90,14 @@ class ClientNet(nn.Module):
     ``perturbation_bound`` > 0 appends a :class:`LatentPerturbation` of that bound.
     """
 
-    def __init__(self, image_channels: int = 1, norm: str = "batch", perturbation_bound: float = 0.0) -> None:
+    def __init__(
+        self, image_channels: int = 1, norm: str = "batch", perturbation_bound: float = 0.0, bn_momentum: float = 0.1
+    ) -> None:
         super().__init__()
         self.image_channels = image_channels
         self.features = nn.Sequential(
-            *_conv_block(input_channels(image_channels), norm), *_conv_block(CONV_CHANNELS, norm)
+            *_conv_block(input_channels(image_channels), norm, bn_momentum),
+            *_conv_block(CONV_CHANNELS, norm, bn_momentum),
         )
         self.perturbation = LatentPerturbation(perturbation_bound) if perturbation_bound > 0 else None
 
@@ -97,27 +109,44 @@ class ClientNet(nn.Module):
 def build_client_net(cfg: RunConfig, image_channels: int) -> ClientNet:
     """The run's client part: its normalisation and, for ``latent-perturbation``, the perturbation."""
     bound = cfg.ldp_bound if cfg.defense == "latent-perturbation" else 0.0
-    return ClientNet(image_channels, cfg.client_norm, bound)
+    return ClientNet(image_channels, cfg.client_norm, bound, cfg.bn_momentum)
+
+
+SERVER_TOWERS = ("paper", "pooled")
 
 
 class ServerNet(nn.Module):
-    """Server tower conv3-conv7 + 2 FC, taking the (N, 64, H/2, W/2) smashed data."""
+    """Server tower conv3-conv7 + 2 FC, taking the (N, 64, H/2, W/2) smashed data.
 
-    def __init__(self, num_classes: int) -> None:
+    ``tower = "pooled"`` is the documented variant with max-pooling (module docstring).
+    """
+
+    def __init__(self, num_classes: int, tower: str = "paper", bn_momentum: float = 0.1) -> None:
         super().__init__()
+        if tower not in SERVER_TOWERS:
+            raise ValueError(f"tower must be one of {SERVER_TOWERS}, got {tower!r}")
+        pooled = tower == "pooled"
+
+        def pool() -> list[nn.Module]:
+            return [nn.MaxPool2d(2)] if pooled else []
+
+        def conv() -> list[nn.Module]:
+            return _conv_block(CONV_CHANNELS, "batch", bn_momentum)
+
+        side = 1 if pooled else POOL_SIZE
         self.features = nn.Sequential(
-            *_conv_block(CONV_CHANNELS),  # conv3
+            *conv(), *pool(),  # conv3
             nn.Dropout(DROPOUT),
-            *_conv_block(CONV_CHANNELS),  # conv4
-            *_conv_block(CONV_CHANNELS),  # conv5
-            *_conv_block(CONV_CHANNELS),  # conv6
+            *conv(),  # conv4
+            *conv(), *pool(),  # conv5
+            *conv(),  # conv6
             nn.Dropout(DROPOUT),
-            *_conv_block(CONV_CHANNELS),  # conv7
-            nn.AdaptiveAvgPool2d(POOL_SIZE),
+            *conv(), *pool(),  # conv7
+            nn.AdaptiveAvgPool2d(side),
         )
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(CONV_CHANNELS * POOL_SIZE * POOL_SIZE, FC_HIDDEN),
+            nn.Linear(CONV_CHANNELS * side * side, FC_HIDDEN),
             nn.ReLU(inplace=True),
             nn.Linear(FC_HIDDEN, num_classes),
         )
@@ -126,13 +155,19 @@ class ServerNet(nn.Module):
         return self.head(self.features(h))
 
 
+def build_server_net(cfg: RunConfig, num_classes: int) -> ServerNet:
+    """The run's server tower ('server-tower', 'bn-momentum')."""
+    return ServerNet(num_classes, cfg.server_tower, cfg.bn_momentum)
+
+
 class SplitNet(nn.Module):
     """Client part followed by server part: the unsplit network, for centralized runs."""
 
-    def __init__(self, image_channels: int, num_classes: int) -> None:
+    def __init__(self, image_channels: int, num_classes: int, client: ClientNet | None = None,
+                 server: ServerNet | None = None) -> None:
         super().__init__()
-        self.client = ClientNet(image_channels)
-        self.server = ServerNet(num_classes)
+        self.client = client if client is not None else ClientNet(image_channels)
+        self.server = server if server is not None else ServerNet(num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.server(self.client(x))

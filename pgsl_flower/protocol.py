@@ -12,6 +12,14 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
   optional ``client-weights``.
 - ``evaluate``     server -> client: ``client-weights``; reply: ``batch`` with the
   smashed data of the client's held-out split.
+- ``query.bn_stats`` server -> client (run-config ``bn-recalibration``): the
+  aggregated ``client-weights`` and ``instructions`` (``layer``: a BatchNorm layer of
+  the client part, ``samples``: how many training samples to use); reply:
+  ``bn-moments`` (per-channel sum and sum of squares of that layer's input, and the
+  count), see :mod:`pgsl_flower.batchnorm`.
+- ``query.bn_smashed`` server -> client: the re-estimated ``client-weights`` and
+  ``instructions`` (``samples``); reply: ``calibration`` (eval-mode smashed data of
+  that many training samples, no labels), for the server's BatchNorm statistics.
 - ``query.attack`` server -> the adversarial client only (attack experiments):
   ``intercepted`` (smashed data of other clients' batches) and the
   ``client-weights`` they were computed with; reply: ``reconstructions``, one
@@ -34,6 +42,8 @@ TRAIN_STEP = "train.step"
 EVALUATE = "evaluate"
 QUERY_INFO = "query.info"
 QUERY_ATTACK = "query.attack"
+QUERY_BN_STATS = "query.bn_stats"
+QUERY_BN_SMASHED = "query.bn_smashed"
 
 BATCH = "batch"
 GRAD = "grad"
@@ -42,6 +52,8 @@ INSTRUCTIONS = "instructions"
 INFO = "info"
 INTERCEPTED = "intercepted"
 RECONSTRUCTIONS = "reconstructions"
+BN_MOMENTS = "bn-moments"
+CALIBRATION = "calibration"
 
 _NUMPY_STYPE = "numpy.ndarray"
 
@@ -256,3 +268,43 @@ def content_nbytes(content: RecordDict) -> int:
     return sum(
         record.count_bytes() for record in content.values() if isinstance(record, ArrayRecord)
     )
+
+
+def encode_moments(total: torch.Tensor, squares: torch.Tensor, count: int) -> ArrayRecord:
+    """A BatchNorm layer's input moments (float64 per channel) and the count of values per channel."""
+    return ArrayRecord({
+        "sum": tensor_to_array(total.double()), "squares": tensor_to_array(squares.double()),
+        "count": tensor_to_array(torch.tensor([count], dtype=torch.int64)),
+    })
+
+
+def decode_moments(content: RecordDict, channels: int, *, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Validate ``bn-moments``: float64 (C,) sum and squares, a positive count, and
+    squares / count >= (sum / count)^2 up to rounding (a variance cannot be negative)."""
+    record = require_record(content, BN_MOMENTS, ArrayRecord)
+    total, squares = (
+        array_to_tensor(require_array(record, key, BN_MOMENTS), field=f"{BN_MOMENTS}.{key}", dtype=torch.float64,
+                        shape=(channels,), max_bytes=max_bytes)
+        for key in ("sum", "squares")
+    )
+    count_t = array_to_tensor(require_array(record, "count", BN_MOMENTS), field=f"{BN_MOMENTS}.count",
+                              dtype=torch.int64, shape=(1,), max_bytes=max_bytes)
+    count = int(count_t[0])
+    if count < 1:
+        raise PayloadError(f"field '{BN_MOMENTS}.count': {count}, expected >= 1")
+    mean = total / count
+    if bool(((squares / count) < mean * mean - 1e-6 * (1 + mean * mean)).any()):
+        raise PayloadError(f"field '{BN_MOMENTS}.squares': smaller than sum^2 / count (a negative variance)")
+    return total, squares, count
+
+
+def decode_calibration(
+    content: RecordDict, *, smashed_shape: Sequence[int], max_samples: int, max_bytes: int
+) -> torch.Tensor:
+    """Validate ``calibration``: float32 smashed data (B, *smashed_shape), 1 <= B <= max_samples."""
+    record = require_record(content, CALIBRATION, ArrayRecord)
+    smashed = array_to_tensor(require_array(record, "h", CALIBRATION), field=f"{CALIBRATION}.h", dtype=torch.float32,
+                              shape=(None, *smashed_shape), max_bytes=max_bytes)
+    if not 1 <= smashed.shape[0] <= max_samples:
+        raise PayloadError(f"field '{CALIBRATION}.h': {smashed.shape[0]} samples, expected 1..{max_samples}")
+    return smashed

@@ -8,6 +8,7 @@ line, append a row to ``metrics.csv``.
 
 from __future__ import annotations
 
+import math
 import time
 from logging import INFO, WARNING
 from pathlib import Path
@@ -24,13 +25,18 @@ from pgsl_flower.data import ImageDataset
 from pgsl_flower.defenses import HARNESS_PARTITION, batch_seed, make_defense
 from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.local_data import harness_attacked, load_datasets
-from pgsl_flower.metrics import MetricsWriter, write_json
+from pgsl_flower.metrics import MetricsWriter, write_confusion_matrix, write_json
 from pgsl_flower.model import build_client_net, prepare_input, resolve_device
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
-from pgsl_flower.strategy import ServerModel, SplitTrainer
+from pgsl_flower.strategy import ServerModel, SplitTrainer, balanced_class_weights
 
 NODE_WAIT_SECONDS = 600.0
+
+
+def _rounded(value: float) -> float | str:
+    """A metric for metrics.csv: 6 decimals, or empty when undefined (e.g. AUROC of one class)."""
+    return round(value, 6) if math.isfinite(value) else ""
 
 
 def new_run_dir(cfg: RunConfig, run_id: int | str) -> Path:
@@ -97,6 +103,10 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
     trainer.query_info(nodes)
     nodes = trainer.nodes_by_partition()
+    if cfg.resolved_class_balance == "loss":
+        server.class_weights = balanced_class_weights(trainer.total_class_counts())
+        log(INFO, "pgsl-flower: class-weighted loss, weights %s for classes %s",
+            [round(float(w), 3) for w in server.class_weights], list(train_set.classes))
     trainer.run_key = run_dir.name
     first_round, elapsed_before = 1, 0.0
     if saved is not None:
@@ -132,22 +142,26 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         client_template.load_state_dict(trainer.client_weights)
         client_template.to(device)
         test = evaluate_split(client_template, server, test_inputs, test_labels, device=device,
-                              release=harness_release(cfg))
-        test_loss, test_acc = test["loss"], test["accuracy"]
+                              release=harness_release(cfg), classes=train_set.classes)
+        test_loss, report = test["loss"], test["report"]
         client_template.cpu()
-        local = trainer.evaluate_clients([n for n in sampled if n not in stats.failed], round_num)
+        local, local_report = trainer.evaluate_clients(
+            [n for n in sampled if n not in stats.failed], round_num, train_set.classes)
+        train_report = stats.train_report(train_set.classes)
         active = len(sampled) - len(stats.failed)
         row = {
             "round": round_num,
             "clients": active,
             "failed_clients": len(stats.failed),
-            "test_accuracy": round(test_acc, 6),
+            **{f"test_{name}": _rounded(value) for name, value in report.scalars().items()},
             "test_loss": round(test_loss, 6),
-            **{f"test_acc_{name}": round(test[f"acc_{name}"], 6) if f"acc_{name}" in test else ""
-               for name in STREAMS},
+            **{f"test_{kind}_{name}": round(test[f"{kind}_{name}"], 6) if f"{kind}_{name}" in test else ""
+               for kind in ("acc", "bacc") for name in STREAMS},
             "train_accuracy": round(stats.train_accuracy, 6),
+            "train_balanced_accuracy": _rounded(train_report.balanced_accuracy) if train_report else "",
             "train_loss": round(stats.train_loss, 6),
             "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
+            "local_balanced_accuracy": _rounded(local_report.balanced_accuracy) if local_report else "",
             "samples": stats.samples,
             "messages_per_client": stats.messages // max(len(sampled), 1),
             "train_seconds": round(stats.train_seconds, 3),
@@ -157,16 +171,17 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
             "epsilon": round(stats.epsilon, 4) if stats.epsilon is not None else "",
         }
-        writer.append(row)
+        writer.append(row, report)
         _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
         if f"acc_{STREAMS[0]}" in test:
             log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
                 ", ".join(f"{name} {test[f'acc_{name}']:.4f}" for name in STREAMS))
         log(
             INFO,
-            "round %d/%d: test acc %.4f loss %.4f | train acc %.4f | local acc %s | "
+            "round %d/%d: test acc %.4f balanced %.4f AUROC %.4f loss %.4f | train acc %.4f | local acc %s | "
             "%d samples, %.1f s, up %.1f MB/client, down %.1f MB/client, failed %d",
-            round_num, cfg.num_rounds, test_acc, test_loss, stats.train_accuracy,
+            round_num, cfg.num_rounds, report.accuracy, report.balanced_accuracy, report.auroc, test_loss,
+            stats.train_accuracy,
             row["local_accuracy_mean"], stats.samples, row["round_seconds"],
             row["bytes_up_per_client"] / 1e6, row["bytes_down_per_client"] / 1e6, len(stats.failed),
         )
@@ -174,6 +189,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         {"client": trainer.client_weights, "server": server.model.state_dict()},
         run_dir / "final_model.pt",
     )
+    write_confusion_matrix(run_dir / "confusion_matrix.csv", report)
     attack_summary = {}
     if interceptor is not None:
         attack_summary = _run_adversary(cfg, trainer, interceptor, round_weights, train_set, run_dir, len(nodes))
@@ -182,10 +198,12 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         "rounds": cfg.num_rounds,
         "clients": len(nodes),
         "final_test_accuracy": row.get("test_accuracy"),
+        **{f"final_test_{name}": row[f"test_{name}"] for name in ("balanced_accuracy", "macro_f1", "auroc")},
+        "final_test_report": report.as_json(),
         **{  # PGSL: each stream's final accuracy
-            f"final_test_acc_{name}": row[f"test_acc_{name}"]
-            for name in STREAMS
-            if row.get(f"test_acc_{name}") not in ("", None)
+            f"final_test_{kind}_{name}": row[f"test_{kind}_{name}"]
+            for kind in ("acc", "bacc") for name in STREAMS
+            if row.get(f"test_{kind}_{name}") not in ("", None)
         },
         **({"final_epsilon": row["epsilon"], "dp_delta": cfg.dp_delta} if row.get("epsilon") not in ("", None) else {}),
         **attack_summary,
@@ -282,11 +300,12 @@ def _run_adversary(
     except (RuntimeError, protocol.PayloadError) as err:  # the trained model is kept; the attack is reported failed
         log(WARNING, "adversary: attack failed: %s", err)
         return {"attack_error": str(err)}
-    scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed)
+    scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed, balanced=cfg.medical)
     write_attack_outputs(run_dir, reconstructions, truth, scores)
     for name, values in scores.items():
-        log(INFO, "adversary %s on %d images: MSE %.4f PSNR %.2f dB SSIM %.4f clean-classifier acc %.3f",
-            name, len(truth.labels), values["mse"], values["psnr"], values["ssim"], values["attacker_accuracy"])
+        log(INFO, "adversary %s on %d images: MSE %.4f PSNR %.2f dB SSIM %.4f clean-classifier acc %.3f (balanced %.3f)",
+            name, len(truth.labels), values["mse"], values["psnr"], values["ssim"], values["attacker_accuracy"],
+            values["attacker_balanced_accuracy"])
     flat = {f"attack_{name}_{metric}": round(value, 6) for name, values in scores.items() for metric, value in values.items()}
     return {**flat, "attack_images": len(truth.labels), "attack_seconds": round(time.perf_counter() - started, 3)}
 

@@ -32,10 +32,12 @@ from flwr.serverapp import Grid
 from torch.nn import functional as F
 
 from pgsl_flower import protocol
+from pgsl_flower.batchnorm import Moments, pool_moments, set_running_stats, update_bn
+from pgsl_flower.classification_metrics import ClassificationReport, confusion_matrix, report_from_confusion
 from pgsl_flower.config import RunConfig
 from pgsl_flower.evaluation import score_smashed
 from pgsl_flower.local_data import batches_per_epoch
-from pgsl_flower.model import ServerNet, decayed_step, make_optimizer
+from pgsl_flower.model import build_server_net, decayed_step, make_optimizer
 from pgsl_flower.sampling import sample_clients
 from pgsl_flower.transport import Courier
 
@@ -45,7 +47,8 @@ class RoundStats:
     """What one training round cost and achieved (summed over clients)."""
 
     loss_sum: float = 0.0
-    correct: int = 0
+    #: The server's training predictions (rows: true class, columns: predicted), for balanced accuracy.
+    confusion: torch.Tensor | None = None
     samples: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -58,9 +61,26 @@ class RoundStats:
     def train_loss(self) -> float:
         return self.loss_sum / max(self.samples, 1)
 
+    def count(self, predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        batch = confusion_matrix(predictions, labels, num_classes)
+        self.confusion = batch if self.confusion is None else self.confusion + batch
+
     @property
     def train_accuracy(self) -> float:
-        return self.correct / max(self.samples, 1)
+        return 0.0 if self.confusion is None else float(self.confusion.diagonal().sum()) / max(self.samples, 1)
+
+    def train_report(self, classes: Sequence[str]) -> ClassificationReport | None:
+        return None if self.confusion is None else report_from_confusion(self.confusion, classes)
+
+
+def balanced_class_weights(counts: Sequence[int]) -> torch.Tensor:
+    """Weights ``n / (K * n_k)`` (scikit-learn's "balanced"): every class contributes equally to the
+    loss; a class without samples gets weight 0."""
+    counts_t = torch.as_tensor(list(counts), dtype=torch.float32)
+    present = counts_t > 0
+    weights = torch.zeros_like(counts_t)
+    weights[present] = counts_t.sum() / (int(present.sum()) * counts_t[present])
+    return weights
 
 
 class ServerModel:
@@ -68,24 +88,40 @@ class ServerModel:
 
     def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device) -> None:
         self.device = device
-        self.model = ServerNet(num_classes).to(device)
+        self.model = build_server_net(cfg, num_classes).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
         self.cfg = cfg
         self.steps_taken = 0
+        #: Per-class loss weights (run-config class-balance = 'loss'); None: plain cross-entropy.
+        self.class_weights: torch.Tensor | None = None
 
-    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-        """One optimizer step on a client batch; returns (dL/dh, loss sum, correct)."""
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, class-weighted when :attr:`class_weights` is set."""
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, labels, weight=weight)
+
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """One optimizer step on a client batch; returns (dL/dh, loss sum, predicted classes)."""
         self.model.train()
         h = smashed.to(self.device).requires_grad_(True)
         y = labels.to(self.device)
         logits = self.model(h)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.steps_taken)
         self.steps_taken += 1
-        correct = int((logits.argmax(1) == y).sum())
-        return h.grad.detach().cpu(), loss.item() * len(y), correct
+        return h.grad.detach().cpu(), loss.item() * len(y), logits.argmax(1).cpu()
+
+    def calibration_forward(self, smashed: torch.Tensor) -> object:
+        """The forward pass BatchNorm recalibration runs (PGSL: recovery and three towers)."""
+        return self.model(smashed.to(self.device))
+
+    def recalibrate(self, smashed: torch.Tensor, seed: int) -> None:
+        """Re-estimate the running statistics of every BN layer on pooled smashed data, shuffled
+        (seeded) into batches of 'batch-size' (:func:`pgsl_flower.batchnorm.update_bn`)."""
+        order = torch.randperm(len(smashed), generator=torch.Generator().manual_seed(seed))
+        update_bn(self.model, self.calibration_forward, smashed[order].split(self.cfg.batch_size))
 
     @torch.no_grad()
     def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,6 +167,7 @@ class SplitTrainer:
         self.num_classes = num_classes
         self.client_weights = client_weights  # the global (aggregated or relayed) client part
         self.train_sizes: dict[int, int] = {}
+        self.class_counts: dict[int, list[int]] = {}  # node -> training samples per class (query.info)
         self.partitions: dict[int, int] = {}  # node id -> partition id (for logs and tests)
         self.site_names: dict[int, str] = {}  # node id -> node-config 'site-name' (deployments)
         self.courier = Courier(grid, cfg.reply_timeout)
@@ -204,18 +241,27 @@ class SplitTrainer:
             try:
                 info = protocol.require_record(reply.content, protocol.INFO, ConfigRecord)
                 size, partition, classes = (int(info[k]) for k in ("num-train", "partition-id", "num-classes"))
+                counts = [int(c) for c in info["class-counts"]]  # type: ignore[union-attr]
             except (protocol.PayloadError, KeyError, TypeError, ValueError) as err:
                 self._fail(node, f"malformed info reply ({err!r})", stats)
                 continue
             if classes != self.num_classes or size < 1:
                 self._fail(node, f"reports {classes} classes and {size} samples; server has {self.num_classes} classes", stats)
                 continue
+            if len(counts) != classes or min(counts) < 0 or sum(counts) != size:
+                self._fail(node, f"class-counts {counts} do not add up to its {size} samples in {classes} classes", stats)
+                continue
+            self.class_counts[node] = counts
             if partition in self.partitions.values():
                 self._fail(node, f"partition-id {partition} is already taken by another node", stats)
                 continue
             self.train_sizes[node], self.partitions[node] = size, partition
             self.site_names[node] = str(info.get("site-name", ""))
         self._check_quorum(self.train_sizes)
+
+    def total_class_counts(self) -> list[int]:
+        """Training samples per class over all registered clients."""
+        return [sum(counts[k] for counts in self.class_counts.values()) for k in range(self.num_classes)]
 
     def nodes_by_partition(self) -> list[int]:
         """The registered nodes ordered by partition id: the server's processing order,
@@ -254,9 +300,9 @@ class SplitTrainer:
             self.forwards[node] = counter + 1
             if self.tap is not None:
                 self.tap(node, counter, smashed)
-            grad, loss_sum, correct = self.server.step(smashed, labels)
+            grad, loss_sum, predictions = self.server.step(smashed, labels)
             stats.loss_sum += loss_sum
-            stats.correct += correct
+            stats.count(predictions, labels, self.num_classes)
             stats.samples += len(labels)
             grads.append(grad)
         return grads
@@ -374,11 +420,51 @@ class SplitTrainer:
                 if collected:  # a failed client passes the weights on unchanged
                     self.client_weights = collected[0][0]
             self._check_quorum((n for n in order if n not in stats.failed), len(nodes))
+        if self.cfg.recalibrates_bn:
+            self.recalibrate_bn([n for n in nodes if n not in stats.failed], round_num, stats)
         stats.train_seconds = time.perf_counter() - started
         stats.bytes_up = self.courier.bytes_up - before[0]
         stats.bytes_down = self.courier.bytes_down - before[1]
         stats.messages = self.courier.messages - before[2]
         return stats
+
+    # -- BatchNorm recalibration (run-config bn-recalibration, pgsl_flower.batchnorm) ------
+    def recalibrate_bn(self, nodes: Sequence[int], round_num: int, stats: RoundStats) -> None:
+        """Re-estimate the BN running statistics of the aggregated client part (layer by layer,
+        from the clients' input moments) and then of the server model (on the clients'
+        eval-mode smashed data). A client that fails is dropped; the others' data suffice."""
+        if not nodes:
+            return
+        samples = -(-self.cfg.bn_calibration_samples // len(nodes))  # per client: ceil(total / clients)
+        layers = [key.removesuffix(".running_mean") for key in self.client_weights if key.endswith(".running_mean")]
+        alive = list(nodes)
+        for layer in layers:
+            channels = self.client_weights[f"{layer}.running_mean"].shape[0]
+            weights = protocol.encode_state(self.client_weights)
+            contents = {node: RecordDict({protocol.CLIENT_WEIGHTS: weights, protocol.INSTRUCTIONS: ConfigRecord(
+                {"layer": layer, "samples": samples})}) for node in alive}
+            parts = []
+            for node, reply in self._exchange(contents, protocol.QUERY_BN_STATS, f"bn-{round_num}-{layer}", stats).items():
+                try:
+                    parts.append(Moments(*protocol.decode_moments(reply.content, channels,
+                                                                  max_bytes=self.cfg.max_payload_bytes)))
+                except protocol.PayloadError as err:
+                    self._fail(node, f"rejected BatchNorm moments: {err}", stats)
+            alive = [n for n in alive if n not in stats.failed]
+            if parts:
+                set_running_stats(self.client_weights, layer, *pool_moments(parts))
+        weights = protocol.encode_state(self.client_weights)
+        contents = {node: RecordDict({protocol.CLIENT_WEIGHTS: weights, protocol.INSTRUCTIONS: ConfigRecord(
+            {"samples": samples})}) for node in alive}
+        smashed = []
+        for node, reply in self._exchange(contents, protocol.QUERY_BN_SMASHED, f"bn-{round_num}-server", stats).items():
+            try:
+                smashed.append(protocol.decode_calibration(reply.content, smashed_shape=self.smashed_shape,
+                                                           max_samples=samples, max_bytes=self.cfg.max_payload_bytes))
+            except protocol.PayloadError as err:
+                self._fail(node, f"rejected calibration smashed data: {err}", stats)
+        if smashed:
+            self.server.recalibrate(torch.cat(smashed), self.cfg.seed * 7_907 + round_num)
 
     # -- the adversarial client -----------------------------------------------------------
     def request_attack(
@@ -410,14 +496,18 @@ class SplitTrainer:
         }
 
     # -- evaluation ------------------------------------------------------------------------
-    def evaluate_clients(self, nodes: Sequence[int], round_num: int) -> dict[int, float]:
-        """Accuracy on each client's held-out split (its smashed data, global weights)."""
+    def evaluate_clients(
+        self, nodes: Sequence[int], round_num: int, classes: Sequence[str]
+    ) -> tuple[dict[int, float], ClassificationReport | None]:
+        """Accuracy on each client's held-out split (its smashed data, global weights), and the
+        report of all held-out predictions pooled (None when no client evaluated)."""
         if not self.cfg.local_eval_samples:
-            return {}
+            return {}, None
         stats = RoundStats()
         weights = protocol.encode_state(self.client_weights)
         contents = {node: RecordDict({protocol.CLIENT_WEIGHTS: weights}) for node in nodes}
         accuracy: dict[int, float] = {}
+        pooled: torch.Tensor | None = None
         for node, reply in self._exchange(contents, protocol.EVALUATE, f"eval-{round_num}", stats).items():
             if protocol.BATCH not in reply.content:
                 continue  # the client has no held-out samples
@@ -432,5 +522,7 @@ class SplitTrainer:
             except protocol.PayloadError as err:
                 log(WARNING, "node %s evaluation payload rejected: %s", node, err)
                 continue
-            accuracy[node] = score_smashed(self.server, [smashed], labels)["accuracy"]
-        return accuracy
+            report = score_smashed(self.server, [smashed], labels, classes)["report"]
+            accuracy[node] = report.accuracy
+            pooled = report.confusion if pooled is None else pooled + report.confusion
+        return accuracy, None if pooled is None else report_from_confusion(pooled, classes)

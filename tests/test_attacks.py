@@ -180,19 +180,27 @@ def test_adversary_config_is_validated():
 
 
 # -- the adversarial client in a real federation ------------------------------------------------
+def _save_arrays(path, message: Message) -> None:  # noqa: ANN001
+    arrays = {
+        f"{record_name}__{key}": array.numpy()
+        for record_name, record in message.content.array_records.items()
+        for key, array in record.items()
+    }
+    np.savez(path, **arrays)
+
+
 def _recording_mod(folder):
-    """Saves every array the adversarial client (partition 0) receives."""
+    """Saves every array the adversarial client (partition 0) receives, and every array any client
+    sends back (``reply-*``)."""
 
     def mod(message: Message, context: Context, call_next):  # noqa: ANN001
+        name = f"{message.metadata.message_type}-{message.metadata.message_id}.npz"
         if int(context.node_config["partition-id"]) == 0:
-            arrays = {
-                f"{record_name}/{key}": array.numpy()
-                for record_name, record in message.content.array_records.items()
-                for key, array in record.items()
-            }
-            name = f"{message.metadata.message_type}-{message.metadata.message_id}.npz"
-            np.savez(folder / name, **{k.replace("/", "__"): v for k, v in arrays.items()})
-        return call_next(message, context)
+            _save_arrays(folder / name, message)
+        reply = call_next(message, context)
+        if not reply.has_error():
+            _save_arrays(folder / f"reply-{name}", reply)
+        return reply
 
     return mod
 
@@ -202,6 +210,7 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
     cfg = RunConfig(
         num_rounds=2, samples_per_client=400, test_samples=300, local_eval_samples=32, seed=5,
         adversary=0, adversary_images=64, attack_epochs=20, gan_steps=100, attack_steps=30,
+        bn_recalibration="on",  # its moments and calibration smashed data are checked too
     )
     received = tmp_path / "received"
     received.mkdir()
@@ -217,8 +226,9 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
     assert set(scores) == {"decoder", "gan"}  # no defense: the client input is the original
     assert (tmp_path / "run" / "attack_grid.png").stat().st_size > 10_000
 
-    # what the adversary received: smashed data, gradients and weights, never an image
-    victims = [local_data(cfg, p, 3) for p in (1, 2)]
+    # what the adversary received, and what every client sent: smashed data, gradients, weights and
+    # BatchNorm moments, never an image
+    victims = [local_data(cfg, p, 3) for p in (0, 1, 2)]
     image_hashes = {
         hashlib.sha256(img.numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
     } | {
@@ -227,6 +237,8 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
     files = sorted(received.iterdir())
     attack_messages = [f for f in files if f.name.startswith(protocol.QUERY_ATTACK)]
     assert len(attack_messages) == 1 and len(files) > 10
+    replies = {f.name.split("-")[1] for f in files if f.name.startswith("reply-")}
+    assert {protocol.QUERY_BN_STATS, protocol.QUERY_BN_SMASHED, protocol.TRAIN_STEP} <= replies
     for path in files:
         for key, array in np.load(path).items():
             assert tuple(array.shape[-3:]) != (1, 28, 28), f"{path.name}:{key} has an image's shape"

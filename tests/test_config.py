@@ -40,8 +40,33 @@ def test_parse_accepts_defaults_and_overrides():
         ("min-train-clients", 0, "'min-train-clients' must be >= 1"),
         ("defense", "noise", "'defense' must be one of"),
         ("no-such-key", 1, "unknown run-config key 'no-such-key'"),
+        ("class-balance", "oversample", "'class-balance' must be one of"),
+        ("augment", "heavy", "'augment' must be one of"),
+        ("server-tower", "resnet", "'server-tower' must be one of"),
+        ("bn-recalibration", "auto", "'bn-recalibration' must be one of"),
+        ("bn-momentum", 1.5, "'bn-momentum' must be in"),
+        ("bn-calibration-samples", 0, "'bn-calibration-samples' must be >= 1"),
+        ("cv-folds", 1, "'cv-folds' must be >= 2"),
+        ("fold", 5, "'fold' must be -1 or in 0..4"),
+        ("fold", 0, "dataset 'mnist' has a fixed train/test split"),
+        ("breast-crop", "on", "'breast-crop' = 'on' applies to"),
+        ("roi-size", 2048, "'roi-size' must be <= 1024"),
     ],
 )
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         parse_run_config({key: value})
+
+
+def test_medical_defaults_resolve_per_dataset():
+    mnist = parse_run_config({})
+    assert (mnist.resolved_class_balance, mnist.resolved_augment, mnist.crops_breast, mnist.medical) == (
+        "none", "none", False, False)
+    mias = parse_run_config({"dataset": "mias", "fold": 2})
+    assert (mias.resolved_class_balance, mias.resolved_augment, mias.crops_breast, mias.normalises_laterality) == (
+        "loss", "standard", True, True)
+    assert mias.resolved_image_size == 128 and mias.medical
+    roi = parse_run_config({"dataset": "mias-roi", "class-balance": "sampling", "laterality": "off"})
+    assert roi.resolved_image_size == 64 and roi.resolved_class_balance == "sampling"
+    assert not roi.crops_breast and not roi.normalises_laterality
+    assert parse_run_config({"dataset": "breastmnist"}).resolved_image_size == 28

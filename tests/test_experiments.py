@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pgsl_flower.config import RunConfig
+from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
 from pgsl_flower.experiments import table1, table2
 from pgsl_flower.experiments.mu_sweep import MUS, attacked_test_images, sweep
 
@@ -47,6 +47,7 @@ def test_table2_runs_cells_records_failures_resumes_and_renders(tmp_path, monkey
     assert list(table.row) == [label for label, defense, _ in table2.ROWS if defense != "none"]
     fusion = table[table.row == "PGSL decision fusion"].iloc[0]
     assert fusion.accuracy_mean == pytest.approx(100 * ok.loc["pgsl", "final_test_accuracy"], abs=0.01)
+    assert fusion.balanced_mean == pytest.approx(100 * ok.loc["pgsl", "final_test_balanced_accuracy"], abs=0.01)
     assert fusion.paper == 99.8
     assert (out / "table2.png").stat().st_size > 0 and "PGSL decision fusion" in (out / "table2.md").read_text()
 
@@ -98,3 +99,45 @@ def test_table1_runs_attacks_against_both_defenses_and_renders(tmp_path, monkeyp
     drawn = (out / "fig4_mnist.png").stat().st_mtime_ns
     assert table1.main([*args, "--report-only"]) == 0  # tables from runs.csv; the PNG is kept
     assert (out / "fig4_mnist.png").stat().st_mtime_ns == drawn and (out / "table1.md").exists()
+
+
+@pytest.mark.slow
+def test_centralized_reference_learns_breastmnist_and_reports(tmp_path):
+    from pgsl_flower.experiments import centralized
+
+    runs = centralized.run({"dataset": "breastmnist", "num-rounds": 5}, [-1], [1], tmp_path)
+    row = runs.iloc[0]
+    assert row.test_auroc > 0.65, row  # chance is 0.5: five passes over 546 ultrasound images
+    assert 0.5 < row.test_balanced_accuracy <= 1.0
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert curves.epoch.tolist() == [1, 2, 3, 4, 5]
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(predictions) == 156 and set(predictions.columns) >= {"label", "predicted", "p_malignant"}
+    report = (tmp_path / "report.md").read_text()
+    assert "balanced_accuracy" in report and (tmp_path / "curves.png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="without a defense"):
+        centralized.train_centralized(parse_run_config({"dataset": "breastmnist", "defense": "laplace"}))
+
+
+@pytest.mark.slow
+def test_federated_mias_fold_reports_medical_metrics(tmp_path):
+    """A real 3-client simulation of one MIAS cross-validation fold with the medical recipe."""
+    from pgsl_flower.data import load_dataset
+    from pgsl_flower.simulation import simulate
+
+    config = {"dataset": "mias", "fold": 1, "image-size": 32, "num-rounds": 2, "batch-size": 16,
+              "samples-per-client": 0, "holdout-fraction": 0.0, "local-eval-samples": 0,
+              "server-tower": "pooled", "bn-recalibration": "on", "seed": 2}
+    summary = simulate(config, num_clients=3, run_dir=tmp_path)
+    _, test = load_dataset("mias", None, 32, seed=2, fold=1, breast_crop=True, laterality=True)
+    report = summary["final_test_report"]
+    assert report["classes"] == ["normal", "benign", "malignant"]
+    assert [sum(row) for row in report["confusion_matrix"]] == list(test.class_counts().values())
+    assert set(report["recall_per_class"]) == {"normal", "benign", "malignant"}
+    assert 0.0 <= summary["final_test_balanced_accuracy"] <= 1.0 and 0.0 <= summary["final_test_auroc"] <= 1.0
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics.test_balanced_accuracy.between(0, 1).all() and metrics.train_balanced_accuracy.between(0, 1).all()
+    per_class = pd.read_csv(tmp_path / "per_class.csv")
+    assert len(per_class) == 6 and per_class.support.sum() == 2 * len(test)
+    confusion = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
+    assert confusion.to_numpy().sum() == len(test)

@@ -121,3 +121,25 @@ def test_time_based_lr_decay():
     assert decayed_lr(1e-3, 3e-4, 0) == 1e-3
     assert abs(decayed_lr(1e-3, 3e-4, 10_000) - 1e-3 / 4) < 1e-12
     assert decayed_lr(1e-3, 0.0, 10_000) == 1e-3
+
+
+def test_pooled_server_tower_splits_exactly_and_fits_any_size():
+    torch.manual_seed(3)
+    client, server = ClientNet(1).double().eval(), ServerNet(3, "pooled").double().eval()
+    for side in (28, 64, 128):
+        x = prepare_input(torch.rand(2, 1, side, side, dtype=torch.float64))
+        assert server(client(x)).shape == (2, 3)
+    x = prepare_input(torch.rand(4, 1, 64, 64, dtype=torch.float64))
+    y = torch.tensor([0, 1, 2, 1])
+    net = SplitNet(1, 3, client, server)
+    full = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), list(net.parameters()))
+    h = client(x)
+    h_sent = h.detach().requires_grad_(True)
+    grad_h, *server_grads = torch.autograd.grad(torch.nn.functional.cross_entropy(server(h_sent), y),
+                                                [h_sent, *server.parameters()])
+    client_grads = torch.autograd.grad(h, list(client.parameters()), grad_outputs=grad_h)
+    for a, b in zip(full, [*client_grads, *server_grads], strict=True):
+        assert torch.allclose(a, b, atol=1e-8, rtol=0)
+    paper = ServerNet(3)
+    assert sum(p.numel() for p in server.parameters()) < sum(p.numel() for p in paper.parameters())
+    assert ClientNet(1, bn_momentum=0.0).features[1].momentum is None  # cumulative running statistics

@@ -94,10 +94,12 @@ BAD_SPECS = [
     (SPEC.replace("total-samples = 480", 'total-samples = "many"'),
      "'total-samples' must be a non-negative integer, got 'many'"),
     ("name = 'x'\n", "missing key"),
+    (SPEC.replace("seeds = [1]", "seeds = [1]\nfolds = 2"), "'folds' must be a non-empty list"),
 ]
 
 
-@pytest.mark.parametrize(("text", "message"), BAD_SPECS, ids=["strategy", "run-config", "both-sizes", "total", "keys"])
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS,
+                         ids=["strategy", "run-config", "both-sizes", "total", "keys", "folds"])
 def test_bad_specs_are_refused_naming_the_problem(tmp_path, text, message):
     spec = tmp_path / "bad.toml"
     spec.write_text(text)
@@ -123,5 +125,16 @@ def test_matched_utility_picks_the_most_private_strategy_within_one_point():
     rows = matched_utility(ok, "none")
     assert rows.strategy.tolist() == ["close", "same", "none", "noisy"]  # matched first, by SSIM
     assert rows.matched.tolist() == [True, True, True, False]
-    assert rows.accuracy_drop.round(3).tolist() == [0.009, 0.0, 0.0, 0.15]
+    assert rows.utility_drop.round(3).tolist() == [0.009, 0.0, 0.0, 0.15]
     assert rows.best_attack_ssim.tolist()[0] == pytest.approx(0.6)
+
+
+def test_folds_are_an_axis_only_for_datasets_with_folds(tmp_path):
+    spec = tmp_path / "cv.toml"
+    spec.write_text(SPEC.replace('datasets = ["mnist"]', 'datasets = ["mnist", "mias"]')
+                    .replace("seeds = [1]", "seeds = [1]\nfolds = [0, 3]").replace("total-samples = 480", ""))
+    cells = load_spec(spec).cells()
+    assert {(c["dataset"], c["fold"]) for c in cells} == {("mnist", -1), ("mias", 0), ("mias", 3)}
+    assert len(cells) == 2 * 2 * 3  # strategies x client counts x (mnist + 2 mias folds)
+    mias = load_spec(spec).cell_config("mias", "splitfed", 1, 3, 3)
+    assert mias["fold"] == 3 and "fold" not in load_spec(spec).cell_config("mnist", "splitfed", 1, 3, -1)

@@ -35,7 +35,7 @@ from pgsl_flower.attacks.interface import (
     smashed_in_batches,
 )
 from pgsl_flower.attacks.scoring import (
-    classifier_accuracy,
+    classifier_scores,
     clean_classifier,
     reconstruction_metrics,
 )
@@ -44,8 +44,8 @@ from pgsl_flower.data import ImageDataset
 from pgsl_flower.defenses import ADVERSARY_OWN_BATCH, batch_seed, make_defense
 from pgsl_flower.local_data import (
     LocalData,
-    batch_indices,
-    client_order_seed,
+    augment_seed,
+    client_batch_indices,
     local_data,
 )
 from pgsl_flower.model import ClientNet, build_client_net
@@ -134,8 +134,9 @@ def ground_truth(
     for batch in batches:
         partition = partitions[batch.node]
         data = local_data(cfg, partition, num_partitions)
-        index = batch_indices(data.train_labels.shape[0], cfg.batch_size, batch.counter, client_order_seed(cfg, partition))
-        client_inputs = data.inputs(index)
+        index = client_batch_indices(cfg, data, partition, batch.counter)
+        seed = augment_seed(cfg, partition, batch.counter)
+        client_inputs = data.inputs(index, augment_seed=seed)
         recomputed = defense.release(  # what the victim sent, noise included
             smashed_in_batches(client, client_inputs, len(index)), batch_seed(cfg, partition, batch.counter)
         )[: len(batch.smashed)]
@@ -145,7 +146,7 @@ def ground_truth(
                 f"reproduce the intercepted smashed data (max diff {float((recomputed - batch.smashed).abs().max()):.3g})"
             )
         keep = len(batch.smashed)
-        images.append(data.train_images[index[:keep]].float() / 255)
+        images.append(data.images(index, seed)[:keep])  # the whole batch: its augmentation draws per sample
         inputs.append(client_inputs[:keep])
         labels.append(data.train_labels[index[:keep]])
     return GroundTruth(torch.cat(images), torch.cat(inputs), torch.cat(labels))
@@ -153,17 +154,19 @@ def ground_truth(
 
 def score_reconstructions(
     reconstructions: dict[str, torch.Tensor], truth: GroundTruth, train_set: ImageDataset, seed: int,
+    balanced: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Per attack: MSE / PSNR / SSIM against the clean originals and the clean
-    classifier's accuracy on the reconstructions; ``input`` scores the victims'
+    classifier's accuracy and balanced accuracy on the reconstructions; ``input`` scores the victims'
     own client input image for reference, when it differs from the original (pixel-attacked
-    defenses)."""
-    classifier = clean_classifier(train_set, seed)
+    defenses). ``balanced``: the clean classifier is trained with a class-weighted loss."""
+    classifier = clean_classifier(train_set, seed, balanced=balanced)
     rows = dict(reconstructions)
     if not torch.equal(images_from_inputs(truth.client_inputs), truth.images):
         rows = {"input": images_from_inputs(truth.client_inputs).clamp(0, 1), **rows}
     return {
-        name: {**reconstruction_metrics(images, truth.images), "attacker_accuracy": classifier_accuracy(classifier, images, truth.labels)}
+        name: {**reconstruction_metrics(images, truth.images),
+               **classifier_scores(classifier, images, truth.labels, train_set.classes)}
         for name, images in rows.items()
     }
 

@@ -1,4 +1,4 @@
-"""Scores of reconstructions: MSE on [0, 1] pixels, PSNR, SSIM, clean-classifier accuracy.
+"""Scores of reconstructions: MSE on [0, 1] pixels, PSNR, SSIM, clean-classifier (balanced) accuracy.
 
 MSE, PSNR and SSIM are torchmetrics' functional metrics with ``data_range=1``,
 computed per image and averaged. The paper does not state its MSE scale
@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from pgsl_flower.classification_metrics import classification_report
 from pgsl_flower.data import ImageDataset
 from pgsl_flower.model import SplitNet, make_optimizer, prepare_input
 
@@ -40,19 +41,34 @@ def reconstruction_metrics(reconstructed: torch.Tensor, original: torch.Tensor) 
 #: Training images and passes of the clean classifier (central, clean data).
 CLASSIFIER_SAMPLES = 10_000
 CLASSIFIER_EPOCHS = 2
+#: At least this many optimizer steps (a few hundred images need more than 2 passes).
+CLASSIFIER_MIN_STEPS = 300
 
 
-def clean_classifier(train_set: ImageDataset, seed: int, cache_dir: Path | None = None) -> SplitNet:
+def clean_classifier(
+    train_set: ImageDataset, seed: int, cache_dir: Path | None = None, balanced: bool = False
+) -> SplitNet:
     """The paper's CNN trained centrally on clean training images (eval mode).
 
     Used only to ask "is a reconstruction still recognisable": its accuracy on
-    reconstructions is the privacy metric "attacker accuracy". Cached on disk by
-    the data and seed (``PGSL_CACHE_DIR``, else ``~/.cache/pgsl-flower``).
+    reconstructions is the privacy metric "attacker accuracy". ``balanced`` weights
+    the loss by inverse class frequency (imbalanced medical data, where an unweighted
+    model predicts the majority class). At least :data:`CLASSIFIER_EPOCHS` passes and
+    :data:`CLASSIFIER_MIN_STEPS` steps. Cached on disk by the data, seed and recipe
+    (``PGSL_CACHE_DIR``, else ``~/.cache/pgsl-flower``).
     """
     images = train_set.images[:CLASSIFIER_SAMPLES]
     labels = train_set.labels[:CLASSIFIER_SAMPLES]
+    steps_per_epoch = max(1, (len(labels) - 1) // 64 + 1)
+    epochs = max(CLASSIFIER_EPOCHS, -(-CLASSIFIER_MIN_STEPS // steps_per_epoch))
+    weight = None
+    if balanced:
+        from pgsl_flower.strategy import balanced_class_weights
+
+        weight = balanced_class_weights(torch.bincount(labels, minlength=len(train_set.classes)).tolist())
+    version = "v1" if epochs == CLASSIFIER_EPOCHS and not balanced else f"v2-{epochs}-{balanced}"
     digest = hashlib.sha256()
-    for part in (images.numpy().tobytes(), labels.numpy().tobytes(), f"{seed}-{CLASSIFIER_EPOCHS}-v1".encode()):
+    for part in (images.numpy().tobytes(), labels.numpy().tobytes(), f"{seed}-{CLASSIFIER_EPOCHS}-{version}".encode()):
         digest.update(part)
     folder = cache_dir or Path(os.environ.get("PGSL_CACHE_DIR", Path.home() / ".cache" / "pgsl-flower"))
     path = folder / f"clean-classifier-{digest.hexdigest()[:20]}.pt"
@@ -66,13 +82,13 @@ def clean_classifier(train_set: ImageDataset, seed: int, cache_dir: Path | None 
     optimizer = make_optimizer(model)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(CLASSIFIER_EPOCHS):
+    for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(order) - 1, 64):
             batch = order[start : start + 64]
             if len(batch) < 2:
                 continue
-            loss = F.cross_entropy(model(prepare_input(images[batch].float() / 255)), labels[batch])
+            loss = F.cross_entropy(model(prepare_input(images[batch].float() / 255)), labels[batch], weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -84,10 +100,19 @@ def clean_classifier(train_set: ImageDataset, seed: int, cache_dir: Path | None 
 
 
 @torch.no_grad()
+def classifier_scores(classifier: SplitNet, images: torch.Tensor, labels: torch.Tensor,
+                      classes: tuple[str, ...]) -> dict[str, float]:
+    """Accuracy and balanced accuracy of the clean classifier on float images in [0, 1]
+    (``attacker_accuracy``, ``attacker_balanced_accuracy``)."""
+    classifier.eval()
+    scores = torch.cat(
+        [classifier(prepare_input(images[i : i + 256].float().clamp(0, 1))).softmax(1) for i in range(0, len(images), 256)]
+    )
+    report = classification_report(scores, labels, classes)
+    return {"attacker_accuracy": report.accuracy, "attacker_balanced_accuracy": report.balanced_accuracy}
+
+
 def classifier_accuracy(classifier: SplitNet, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of the clean classifier on float images in [0, 1]."""
-    classifier.eval()
-    predictions = torch.cat(
-        [classifier(prepare_input(images[i : i + 256].float().clamp(0, 1))).argmax(1) for i in range(0, len(images), 256)]
-    )
-    return float((predictions == labels).float().mean())
+    classes = tuple(str(k) for k in range(classifier.server.head[-1].out_features))
+    return classifier_scores(classifier, images, labels, classes)["attacker_accuracy"]

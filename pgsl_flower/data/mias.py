@@ -6,23 +6,33 @@ import functools
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .breast_region import crop_breast
+from .disk_cache import cached_arrays
 from .errors import DataError
+from .folds import cv_split
 from .paths import dataset_dir
 from .types import ImageDataset
 
 __all__ = [
+    "Abnormality",
     "DEFAULT_MIAS_IMAGE_SIZE",
     "MIAS_CLASSES",
     "MIAS_TEST_COUNTS",
     "find_mias_image",
     "load_mias",
+    "map_images",
+    "mias_split",
+    "parse_abnormalities",
     "parse_info",
+    "patient_of",
     "read_mias_image",
     "split_mias_indices",
     "validate_image_size",
@@ -42,20 +52,25 @@ _REF = re.compile(r"mdb\d{3}")
 _SEVERITY = {"B": "benign", "M": "malignant"}
 
 
-def parse_info(path: str | Path) -> dict[str, str]:
-    """Parse mini-MIAS ``Info.txt`` into ``{"mdbNNN": "normal"|"benign"|"malignant"}``.
+@dataclass(frozen=True)
+class Abnormality:
+    """One abnormality row of ``Info.txt`` that has coordinates.
 
-    Only table rows (lines starting with ``mdb`` + digit) are read; the free-text
-    header is skipped. Handles the known quirks: several rows per image (an image
-    with any ``M`` row is malignant, e.g. mdb144), 3-field NORM rows, rows without
-    coordinates or with ``*NOTE 3*``, trailing spaces. A malformed row (bad
-    reference, unknown tissue/class/severity, wrong field count, NORM and abnormal
-    rows for one image) raises :class:`DataError` naming the file and line number.
-    The result is ordered by reference number.
+    ``x``, ``y`` are the centre in pixels of the 1024 x 1024 image with the origin at
+    the bottom-left corner (array row ``1023 - y``); ``radius`` in pixels.
     """
-    path = Path(path)
+
+    ref: str
+    severity: str  # "benign" | "malignant"
+    kind: str  # CALC, CIRC, SPIC, MISC, ARCH, ASYM
+    x: int
+    y: int
+    radius: int
+
+
+def _read_info(path: Path) -> str:
     try:
-        text = path.read_text(encoding="latin-1")
+        return path.read_text(encoding="latin-1")
     except FileNotFoundError as exc:
         raise DataError(
             f"{path} does not exist; put the mini-MIAS Info.txt (and the mdbNNN.png "
@@ -64,9 +79,11 @@ def parse_info(path: str | Path) -> dict[str, str]:
     except OSError as exc:
         raise DataError(f"{path} cannot be read: {exc}") from exc
 
-    labels: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+
+def _rows(path: Path) -> list[tuple[int, str, str, str, tuple[int, int, int] | None]]:
+    """Validated table rows: (line number, ref, CLASS, label, (x, y, radius) or None)."""
+    rows = []
+    for lineno, line in enumerate(_read_info(path).splitlines(), start=1):
         if not _ROW.match(line):
             continue
         fields = line.split()
@@ -82,6 +99,7 @@ def parse_info(path: str | Path) -> dict[str, str]:
         bg, cls = fields[1], fields[2]
         if bg not in _BACKGROUNDS:
             raise bad(f"unknown background tissue {bg!r}, expected F, G or D")
+        coords = None
         if cls == "NORM":
             if len(fields) != 3:
                 raise bad("NORM rows have exactly 3 fields")
@@ -93,28 +111,55 @@ def parse_info(path: str | Path) -> dict[str, str]:
             if sev not in _SEVERITY:
                 raise bad(f"unknown severity {sev!r}, expected B or M")
             rest = fields[4:]
-            ok = (
-                not rest
-                or rest == ["*NOTE", "3*"]
-                or (len(rest) == 3 and all(f.isdigit() for f in rest))
-            )
-            if not ok:
+            if len(rest) == 3 and all(f.isdigit() for f in rest):
+                coords = (int(rest[0]), int(rest[1]), int(rest[2]))
+            elif rest and rest != ["*NOTE", "3*"]:
                 raise bad("expected X Y RADIUS (integers), '*NOTE 3*' or nothing after the severity")
             label = _SEVERITY[sev]
         else:
             raise bad(f"unknown class {cls!r}")
+        rows.append((lineno, ref, cls, label, coords))
+    return rows
 
+
+def parse_info(path: str | Path) -> dict[str, str]:
+    """Parse mini-MIAS ``Info.txt`` into ``{"mdbNNN": "normal"|"benign"|"malignant"}``.
+
+    Only table rows (lines starting with ``mdb`` + digit) are read; the free-text
+    header is skipped. Handles the known quirks: several rows per image (an image
+    with any ``M`` row is malignant, e.g. mdb144), 3-field NORM rows, rows without
+    coordinates or with ``*NOTE 3*``, trailing spaces. A malformed row (bad
+    reference, unknown tissue/class/severity, wrong field count, NORM and abnormal
+    rows for one image) raises :class:`DataError` naming the file and line number.
+    The result is ordered by reference number.
+    """
+    path = Path(path)
+    labels: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, ref, _, label, _ in _rows(path):
         prev = labels.get(ref)
         if prev is None:
             labels[ref] = label
             first_line[ref] = lineno
         elif (prev == "normal") != (label == "normal"):
-            raise bad(f"{ref} has both NORM and abnormal rows (first row at line {first_line[ref]})")
+            raise DataError(
+                f"{path}, line {lineno}: malformed row ({ref} has both NORM and abnormal rows "
+                f"(first row at line {first_line[ref]}))"
+            )
         elif label == "malignant":
             labels[ref] = "malignant"
     if not labels:
         raise DataError(f"{path}: no table rows (lines 'mdbNNN BG CLASS ...') found; is this the mini-MIAS Info.txt?")
     return dict(sorted(labels.items()))
+
+
+def parse_abnormalities(path: str | Path) -> list[Abnormality]:
+    """The abnormality rows of ``Info.txt`` that have coordinates (119 in mini-MIAS), in file order."""
+    return [
+        Abnormality(ref, label, cls, *coords)
+        for _, ref, cls, label, coords in _rows(Path(path))
+        if coords is not None
+    ]
 
 
 def validate_image_size(image_size: int) -> int:
@@ -135,8 +180,44 @@ def find_mias_image(folder: Path, ref: str) -> Path | None:
     return None
 
 
-def read_mias_image(path: str | Path, image_size: int = DEFAULT_MIAS_IMAGE_SIZE) -> np.ndarray:
+def _decode(path: Path) -> Image.Image:
+    """Open an 8-bit grayscale square image fully (DataError naming the file otherwise)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode != "L":
+                raise DataError(f"{path}: not an 8-bit grayscale image (Pillow mode {im.mode!r}, expected 'L')")
+            w, h = im.size
+            if w != h:
+                raise DataError(f"{path}: image is {w}x{h}, expected a square image (mini-MIAS is 1024x1024)")
+            im.load()
+            return im.copy()
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} does not exist") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def _box_resize(im: Image.Image, size: int) -> np.ndarray:
+    w = im.size[0]
+    if w == size and im.size[1] == size:
+        out = im
+    elif w % size == 0 and im.size[1] == w:
+        out = im.reduce(w // size)
+    else:
+        out = im.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def read_mias_image(
+    path: str | Path, image_size: int = DEFAULT_MIAS_IMAGE_SIZE, crop: bool = False, laterality: bool = False
+) -> np.ndarray:
     """Decode an 8-bit grayscale square image and resize it to ``(image_size, image_size)`` uint8.
+
+    ``laterality``: mirror it so the chest wall is on the left; ``crop``: crop it to the
+    breast, black out the background and pad to a square (:mod:`.breast_region`); both
+    happen at full resolution, before resizing.
 
     Resampling is a box filter (area average): ``Image.reduce`` when the side is
     an integer multiple of ``image_size`` (1024 -> 512/256/128/64/32/16/8: fast,
@@ -153,40 +234,14 @@ def read_mias_image(path: str | Path, image_size: int = DEFAULT_MIAS_IMAGE_SIZE)
     """
     path = Path(path)
     size = validate_image_size(image_size)
-    try:
-        with Image.open(path) as im:
-            if im.mode != "L":
-                raise DataError(f"{path}: not an 8-bit grayscale image (Pillow mode {im.mode!r}, expected 'L')")
-            w, h = im.size
-            if w != h:
-                raise DataError(f"{path}: image is {w}x{h}, expected a square image (mini-MIAS is 1024x1024)")
-            im.load()
-            if w == size:
-                out = im
-            elif w % size == 0:
-                out = im.reduce(w // size)
-            else:
-                out = im.resize((size, size), Image.Resampling.BOX)
-            arr = np.asarray(out, dtype=np.uint8)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} does not exist") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: cannot decode image ({exc})") from exc
-    return arr
+    im = _decode(path)
+    if crop or laterality:
+        im = Image.fromarray(crop_breast(np.asarray(im), crop=crop, normalise_laterality=laterality))
+    return _box_resize(im, size)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_arrays(folder: str, image_size: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """Decode + resize every image listed in Info.txt; cached per (folder, image_size).
-
-    Returns read-only ``(refs, images (N, S, S) uint8, labels (N,) int64)``.
-    """
-    base = Path(folder)
-    info = base / "Info.txt"
-    label_of = parse_info(info)
-    refs = tuple(label_of)
+def _image_paths(base: Path, refs: tuple[str, ...]) -> list[Path]:
+    """``mdbNNN.png`` (or ``.pgm``) of every reference, or DataError listing the missing ones."""
     paths: list[Path] = []
     missing: list[str] = []
     for ref in refs:
@@ -199,14 +254,36 @@ def _load_arrays(folder: str, image_size: int) -> tuple[tuple[str, ...], np.ndar
         shown = ", ".join(str(base / f"{r}.png") for r in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise DataError(
-            f"{info} lists {len(missing)} image(s) that are missing: {shown}{more} "
+            f"{base / 'Info.txt'} lists {len(missing)} image(s) that are missing: {shown}{more} "
             f"(neither .png nor .pgm found). Put the mini-MIAS images mdbNNN.png "
             f"(or the original .pgm) into {base}/. See datasets/README.md."
         )
+    return paths
+
+
+def map_images(paths: list[Path], read: Callable[[Path], np.ndarray]) -> list[np.ndarray]:
+    """``read`` over ``paths`` on a few threads (Pillow and NumPy release the GIL)."""
     workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
-        arrays = list(pool.map(lambda p: read_mias_image(p, image_size), paths))
-    images = np.stack(arrays)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(read, paths))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_arrays(
+    folder: str, image_size: int, crop: bool = False, laterality: bool = False
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Decode + resize every image listed in Info.txt; cached per (folder, image_size, crop, laterality).
+
+    Returns read-only ``(refs, images (N, S, S) uint8, labels (N,) int64)``.
+    """
+    base = Path(folder)
+    label_of = parse_info(base / "Info.txt")
+    refs = tuple(label_of)
+    paths = _image_paths(base, refs)
+    images = cached_arrays(
+        "mias", (image_size, crop, laterality), [base / "Info.txt", *paths],
+        lambda: {"images": np.stack(map_images(paths, lambda p: read_mias_image(p, image_size, crop, laterality)))},
+    )["images"]
     labels = np.array([MIAS_CLASSES.index(label_of[r]) for r in refs], dtype=np.int64)
     images.setflags(write=False)
     labels.setflags(write=False)
@@ -236,30 +313,52 @@ def split_mias_indices(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, n
     return train, test
 
 
+def patient_of(ref: str) -> int:
+    """mini-MIAS images come in left/right pairs of one woman: mdb001+mdb002 -> 0, mdb003+mdb004 -> 1, ..."""
+    return (int(ref[3:]) - 1) // 2
+
+
+def mias_split(
+    refs: tuple[str, ...], labels: np.ndarray, seed: int, fold: int, folds: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, test_idx)``: the paper split when ``fold`` is -1, else fold ``fold`` of a
+    stratified ``folds``-fold cross-validation grouped by patient (:func:`.folds.cv_split`)."""
+    if fold < 0:
+        return split_mias_indices(labels, seed)
+    return cv_split(labels, np.array([patient_of(r) for r in refs]), fold, folds, seed)
+
+
 def load_mias(
     root: str | Path | None = None,
     image_size: int = DEFAULT_MIAS_IMAGE_SIZE,
     seed: int = 0,
+    fold: int = -1,
+    folds: int = 5,
+    crop: bool = False,
+    laterality: bool = False,
 ) -> tuple[ImageDataset, ImageDataset]:
     """Load mini-MIAS from ``<root>/mias/`` as ``(train, test)``.
 
     ``root`` is the data root (``None``: :func:`resolve_data_root`). Images are
     ``(N, 1, image_size, image_size)`` uint8, labels index
     ``("normal", "benign", "malignant")`` (image-level: any malignant row ->
-    malignant). The split is stratified and seeded: test has exactly 26 normal,
-    12 benign, 12 malignant images (Khowaja et al. 2022), train the other 272
-    (181/51/40). Decoded arrays are cached per (folder, image_size), so other
-    seeds only redo the split.
+    malignant). ``fold`` = -1 gives the paper split, stratified and seeded: test has
+    exactly 26 normal, 12 benign, 12 malignant images (Khowaja et al. 2022), train
+    the other 272 (181/51/40). ``fold`` in 0..folds-1 gives that fold of a stratified
+    cross-validation grouped by patient (the two breasts of a woman stay together),
+    seeded: the folds of one seed partition all 322 images. ``crop`` and
+    ``laterality``: see :func:`read_mias_image`. Decoded arrays are cached per
+    (folder, image_size, crop, laterality), so other seeds and folds only redo the split.
     """
     size = validate_image_size(image_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     folder = dataset_dir("mias", root)
-    _, images, labels = _load_arrays(str(folder), size)
+    refs, images, labels = _load_arrays(str(folder), size, bool(crop), bool(laterality))
     try:
-        train_idx, test_idx = split_mias_indices(labels, int(seed))
+        train_idx, test_idx = mias_split(refs, labels, int(seed), int(fold), int(folds))
     except ValueError as exc:
-        raise DataError(f"{folder / 'Info.txt'}: too few images for the paper split: {exc}") from exc
+        raise DataError(f"{folder / 'Info.txt'}: cannot split: {exc}") from exc
 
     def make(idx: np.ndarray, part: str) -> ImageDataset:
         return ImageDataset(

@@ -1,4 +1,4 @@
-"""Locating the dataset folders (``mnist/``, ``mias/``) on disk."""
+"""Locating the dataset folders (``mnist/``, ``mias/``, ``medmnist/``) on disk."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from .errors import DataError
 
 __all__ = [
     "DATA_DIR_ENV",
+    "DATASET_FOLDERS",
     "KNOWN_DATASETS",
     "REPO_ROOT",
     "candidate_roots",
@@ -23,7 +24,10 @@ DATA_DIR_ENV = "PGSL_DATA_DIR"
 #: Repository root (the folder holding ``pgsl_flower/`` and ``datasets/``).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-KNOWN_DATASETS = ("mnist", "mias")
+#: Dataset name -> its folder under the data root (``mias-roi`` is cut from ``mias/``).
+DATASET_FOLDERS: dict[str, str] = {"mnist": "mnist", "mias": "mias", "mias-roi": "mias", "breastmnist": "medmnist"}
+KNOWN_DATASETS = tuple(DATASET_FOLDERS)
+_FOLDERS = tuple(dict.fromkeys(DATASET_FOLDERS.values()))
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -41,8 +45,10 @@ def expected_files(name: str) -> tuple[str, ...]:
     """
     if name == "mnist":
         return _MNIST_FILES
-    if name == "mias":
+    if name in ("mias", "mias-roi"):
         return ("Info.txt",)
+    if name == "breastmnist":
+        return ("breastmnist.npz",)
     raise ValueError(f"name: unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
 
 
@@ -75,12 +81,12 @@ def candidate_roots(explicit: str | Path | None = None) -> list[tuple[str, Path]
 
 
 def resolve_data_root(explicit: str | Path | None = None) -> Path:
-    """Return the folder that holds ``mnist/`` and/or ``mias/``.
+    """Return the folder that holds ``mnist/``, ``mias/`` and/or ``medmnist/``.
 
     Order: ``explicit`` if given (an empty string counts as not given); the
     environment variable ``PGSL_DATA_DIR`` if set and non-empty; then the first of
     ``<repo>/datasets``, ``<repo>/../shared/data``, ``<cwd>/datasets`` and
-    ``<cwd>/../shared/data`` that contains a ``mnist`` or ``mias`` folder.
+    ``<cwd>/../shared/data`` that contains a ``mnist``, ``mias`` or ``medmnist`` folder.
     Explicit and environment values are returned even if they do not exist, so the
     later error names the path the user asked for. If nothing is found,
     ``<repo>/datasets`` is returned (the place to put the files).
@@ -92,7 +98,7 @@ def resolve_data_root(explicit: str | Path | None = None) -> Path:
     if env is not None:
         return env
     for _, root in candidate_roots():
-        if any((root / n).is_dir() for n in KNOWN_DATASETS):
+        if any((root / n).is_dir() for n in _FOLDERS):
             return root
     return REPO_ROOT / "datasets"
 
@@ -105,12 +111,12 @@ def _searched_text(explicit: str | Path | None) -> str:
     lines = [f"  - {src}: {path}" for src, path in cands]
     return (
         "Data root resolution order (first match wins; <repo>/datasets only if it "
-        "holds mnist/ or mias/):\n" + "\n".join(lines)
+        "holds mnist/, mias/ or medmnist/):\n" + "\n".join(lines)
     )
 
 
 def dataset_dir(name: str, root: str | Path | None = None) -> Path:
-    """Return ``root / name`` after checking the folder and its fixed files exist.
+    """Return the dataset's folder under ``root`` after checking it and its fixed files exist.
 
     ``root`` defaults to :func:`resolve_data_root`. Raises :class:`DataError` that
     lists the expected file names and the searched locations when the folder or
@@ -118,13 +124,13 @@ def dataset_dir(name: str, root: str | Path | None = None) -> Path:
     """
     files = expected_files(name)
     base = resolve_data_root(root)
-    folder = base / name
+    folder = base / DATASET_FOLDERS[name]
     if not folder.is_dir():
         raise DataError(
             f"Dataset folder {folder} does not exist (data root {base}). "
             f"Put these files into {folder}/: {', '.join(files)}"
-            + (" (raw, uncompressed copies without .gz are accepted too)" if name == "mnist" else
-               " plus the mdbNNN.png (or .pgm) images it lists")
+            + {"mnist": " (raw, uncompressed copies without .gz are accepted too)",
+               "breastmnist": " (the official MedMNIST file)"}.get(name, " plus the mdbNNN.png (or .pgm) images it lists")
             + f". See datasets/README.md.\n{_searched_text(root)}"
         )
     missing: list[str] = []

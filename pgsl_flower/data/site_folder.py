@@ -649,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write <out>/site-0 .. site-{N-1} from a training set")
-    exp.add_argument("--dataset", required=True, choices=("mnist", "mias"))
+    exp.add_argument("--dataset", required=True, choices=("mnist", "mias", "breastmnist"))
     exp.add_argument("--sites", required=True, type=int, help="number of site folders")
     exp.add_argument("--per-site", required=True, type=int, help="images per site")
     exp.add_argument("--out", required=True, type=Path, help="parent folder of the site folders")
@@ -658,16 +658,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--data-dir", default=None, help="data root (default: PGSL_DATA_DIR or ../shared/data)")
     chk = sub.add_parser("check", help="validate a site folder (what its SuperNode loads)")
     chk.add_argument("folder", type=Path)
-    chk.add_argument("--dataset", required=True, choices=("mnist", "mias"), help="sets the class names")
+    chk.add_argument("--dataset", required=True, choices=("mnist", "mias", "mias-roi", "breastmnist"),
+                     help="sets the class names")
     chk.add_argument("--image-size", required=True, type=int, help="the run's image-size (28 for MNIST)")
     chk.add_argument("--bit-depth", default=8, type=int, choices=BIT_DEPTHS)
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            from . import MIAS_CLASSES, MNIST_CLASSES
+            from . import DATASET_CLASSES
 
-            classes = MNIST_CLASSES if args.dataset == "mnist" else MIAS_CLASSES
-            site = load_site_folder(args.folder, classes, args.image_size, args.bit_depth)
+            site = load_site_folder(args.folder, DATASET_CLASSES[args.dataset], args.image_size, args.bit_depth)
             counts = ", ".join(f"{name}: {count}" for name, count in site.dataset.class_counts().items())
             print(f"{args.folder}: {len(site)} images OK ({counts})")
             return 0

@@ -22,7 +22,7 @@ from pgsl_flower.defenses.latent_perturbation import MinimaxPerturbation
 from pgsl_flower.defenses.nopeek import NoPeek, distance_correlation
 
 __all__ = [
-    "ADVERSARY_OWN_BATCH", "DPSGD", "HARNESS_PARTITION", "HOLDOUT_BATCH", "LaplaceNoise", "MinimaxPerturbation",
+    "ADVERSARY_OWN_BATCH", "CALIBRATION_BATCH", "DPSGD", "HARNESS_PARTITION", "HOLDOUT_BATCH", "LaplaceNoise", "MinimaxPerturbation",
     "NoPeek", "SmashedDataDefense", "batch_seed", "distance_correlation", "dp_epsilon", "laplace_noise",
     "make_defense", "per_sample_gradients",
 ]
@@ -44,6 +44,7 @@ def make_defense(cfg: RunConfig, image_channels: int = 1, partition_id: int = 0)
 #: Batch counters for the defense seeds of evaluation batches (training batches count from 0).
 HOLDOUT_BATCH = -1
 ADVERSARY_OWN_BATCH = -2
+CALIBRATION_BATCH = -3  # BatchNorm recalibration (pgsl_flower.batchnorm)
 #: Partition id of the evaluation harness's global test set.
 HARNESS_PARTITION = -1
 

@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[dict[str, float]]] = {}
     for dataset, count, size in (("mnist", args.mnist_images, 0), ("mias", 50, 128)):
-        cfg = RunConfig(dataset=dataset, image_size=size, defense="pgsl", seed=args.seed)
+        # the plain MIAS images, as committed (before the breast crop existed)
+        cfg = RunConfig(dataset=dataset, image_size=size, defense="pgsl", seed=args.seed,
+                        breast_crop="off" if dataset == "mias" else "auto", laterality="off" if dataset == "mias" else "auto")
         clean, attacked = attacked_test_images(cfg, count)
         results[f"{dataset} ({len(clean)} test images, {clean.shape[-1]}x{clean.shape[-1]})"] = sweep(
             clean, attacked, args.max_iter)

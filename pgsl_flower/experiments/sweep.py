@@ -7,6 +7,8 @@ A spec is a TOML file (``simulations/*.toml``)::
     strategies = ["splitfed", "laplace", "pgsl"]   # presets strategies/<name>.toml
     clients = [2, 5, 10]
     seeds = [1, 2, 3]
+    folds = [0, 1, 2, 3, 4]                 # optional: cross-validation folds as test (mias, mias-roi only;
+                                            # the other datasets run their fixed split once per seed)
     total-samples = 2000                    # optional: split over each cell's clients
     [run-config]                            # every cell, after the preset
     num-rounds = 2
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from flwr.common.config import parse_config_args
 
 from pgsl_flower.config import SMASHED_DATA_ATTACKS, ConfigError, parse_run_config
@@ -46,13 +49,20 @@ from pgsl_flower.experiments.memory import run_with_peak_memory
 from pgsl_flower.pilot.local import config_arg
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = ("dataset", "strategy", "clients", "seed")
-ATTACK_METRICS = ("mse", "psnr", "ssim", "attacker_accuracy")
+#: Datasets with cross-validation folds (run-config 'fold').
+CV_DATASETS = ("mias", "mias-roi")
+KEY = ("dataset", "strategy", "clients", "seed", "fold")
+ATTACK_METRICS = ("mse", "psnr", "ssim", "attacker_accuracy", "attacker_balanced_accuracy")
+#: Final test scores copied from a run's summary.json.
+SUMMARY_SCORES = (
+    "final_test_accuracy", "final_test_balanced_accuracy", "final_test_macro_f1", "final_test_auroc",
+    *(f"final_test_{kind}_{stream}" for kind in ("acc", "bacc") for stream in ("recovered", "fused", "attacked")),
+    "final_epsilon",
+)
 COLUMNS = (
-    *KEY, "status", "final_test_accuracy", "final_test_acc_recovered", "final_test_acc_fused",
-    "final_test_acc_attacked", "best_attack", "best_attack_mse", "best_attack_psnr", "best_attack_ssim",
-    "best_attacker_accuracy", "final_epsilon", "median_round_seconds", "bytes_up_per_client",
-    "bytes_down_per_client", "peak_memory_gib", "run_dir", "wall_seconds", "error",
+    *KEY, "status", *SUMMARY_SCORES, "best_attack", "best_attack_mse", "best_attack_psnr", "best_attack_ssim",
+    "best_attacker_accuracy", "best_attacker_balanced_accuracy", "median_round_seconds", "bytes_up_per_client",
+    "bytes_down_per_client", "peak_memory_gib", "final_test_confusion", "run_dir", "wall_seconds", "error",
     *(f"{attack}_{metric}" for attack in SMASHED_DATA_ATTACKS for metric in ATTACK_METRICS),
 )
 
@@ -67,25 +77,38 @@ class SweepSpec:
     clients: tuple[int, ...]
     seeds: tuple[int, ...]
     run_config: dict[str, Any] = field(default_factory=dict)
+    #: Cross-validation folds (run-config 'fold') as one more axis for the datasets that have folds;
+    #: (-1,): every dataset's fixed split.
+    folds: tuple[int, ...] = (-1,)
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: When set, every cell's clients share this many images: samples-per-client = total // clients
     #: (the same federation split over more hospitals, rather than more data with more hospitals).
     total_samples: int = 0
     strategies_dir: Path = ROOT / "strategies"
 
-    def cell_config(self, dataset: str, strategy: str, seed: int, clients: int | None = None) -> dict[str, Any]:
+    def cell_config(
+        self, dataset: str, strategy: str, seed: int, clients: int | None = None, fold: int = -1
+    ) -> dict[str, Any]:
         """The run-config of one cell: preset, then [run-config], then [datasets.<name>]."""
         preset = parse_config_args([str(self.strategies_dir / f"{strategy}.toml")])
         config = {**preset, **self.run_config, **self.per_dataset.get(dataset, {}), "dataset": dataset, "seed": seed}
         if self.total_samples and clients:
             config["samples-per-client"] = self.total_samples // clients
+        if fold >= 0:
+            config["fold"] = fold
         return config
 
+    def folds_of(self, dataset: str) -> tuple[int, ...]:
+        """The spec's folds for a dataset with cross-validation folds, else (-1,) (its fixed split)."""
+        return self.folds if dataset in CV_DATASETS else (-1,)
+
     def cells(self) -> list[dict[str, Any]]:
-        """Seed-major order, so an interrupted sweep has whole seeds: every strategy x setting of seed 1 first."""
+        """Seed-major order, so an interrupted sweep has whole seeds: every strategy x setting of seed 1 first
+        (and, with folds, every fold of seed 1)."""
         return [
-            {"dataset": d, "strategy": s, "clients": n, "seed": seed}
-            for seed in self.seeds for d in self.datasets for n in self.clients for s in self.strategies
+            {"dataset": d, "strategy": s, "clients": n, "seed": seed, "fold": fold}
+            for seed in self.seeds for d in self.datasets for fold in self.folds_of(d) for n in self.clients
+            for s in self.strategies
         ]
 
 
@@ -99,6 +122,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     missing = [k for k in ("name", "datasets", "strategies", "clients", "seeds") if k not in raw]
     if missing:
         raise ConfigError(f"sweep spec {path}: missing key(s) {missing}")
+    folds = raw.get("folds", [-1])
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and f >= -1 for f in folds):
+        raise ConfigError(f"sweep spec {path}: 'folds' must be a non-empty list of fold ids (>= 0), got {folds!r}")
     total = raw.get("total-samples", 0)
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:
         raise ConfigError(f"sweep spec {path}: 'total-samples' must be a non-negative integer, got {total!r}")
@@ -107,7 +133,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         clients=tuple(int(n) for n in raw["clients"]), seeds=tuple(int(s) for s in raw["seeds"]),
         run_config=dict(raw.get("run-config", {})),
         per_dataset={k: dict(v) for k, v in raw.get("dataset-config", {}).items()},
-        total_samples=total,
+        total_samples=total, folds=tuple(folds),
     )
     for strategy in spec.strategies:
         if not (spec.strategies_dir / f"{strategy}.toml").is_file():
@@ -120,36 +146,40 @@ def load_spec(path: str | Path) -> SweepSpec:
                           "client count, and replaces 'samples-per-client' (do not set both)")
     for dataset in spec.datasets:
         for strategy in spec.strategies:
-            try:
-                parse_run_config(spec.cell_config(dataset, strategy, spec.seeds[0], max(spec.clients)))
-            except ConfigError as err:
-                raise ConfigError(f"sweep spec {path}, cell {dataset}/{strategy}: {err}") from err
+            for fold in spec.folds_of(dataset):
+                try:
+                    parse_run_config(spec.cell_config(dataset, strategy, spec.seeds[0], max(spec.clients), fold))
+                except ConfigError as err:
+                    raise ConfigError(f"sweep spec {path}, cell {dataset}/{strategy}/fold {fold}: {err}") from err
     return spec
 
 
 def _best_attack(summary: Mapping[str, Any]) -> dict[str, Any]:
     """Each attack's scores, and the strongest attack of a run: lowest MSE, highest
-    PSNR/SSIM/attacker accuracy (each over the attacks run), and the name of the one with
-    the highest SSIM."""
+    PSNR/SSIM/attacker (balanced) accuracy (each over the attacks run), and the name of the one
+    with the highest SSIM."""
     names = [n for n in SMASHED_DATA_ATTACKS if f"attack_{n}_ssim" in summary]  # not the "input" reference row
     if not names:
         return {}
-    value = {m: {n: float(summary[f"attack_{n}_{m}"]) for n in names} for m in ATTACK_METRICS}
+    value = {m: {n: float(summary[f"attack_{n}_{m}"]) for n in names} for m in ATTACK_METRICS
+             if all(f"attack_{n}_{m}" in summary for n in names)}
     return {
-        **{f"{n}_{m}": value[m][n] for n in names for m in ATTACK_METRICS},
+        **{f"{n}_{m}": value[m][n] for n in names for m in value},
         "best_attack": max(names, key=value["ssim"].__getitem__),
         "best_attack_mse": min(value["mse"].values()),
         "best_attack_psnr": max(value["psnr"].values()),
         "best_attack_ssim": max(value["ssim"].values()),
         "best_attacker_accuracy": max(value["attacker_accuracy"].values()),
+        **({"best_attacker_balanced_accuracy": max(value["attacker_balanced_accuracy"].values())}
+           if "attacker_balanced_accuracy" in value else {}),
     }
 
 
 def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
     """One cell in its own process; returns its row (raises if the run fails)."""
-    run_dir = runs_dir / "-".join(str(cell[k]) for k in KEY)
+    run_dir = runs_dir / "-".join(str(cell[k]) for k in KEY if k != "fold" or cell[k] >= 0)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"], cell["clients"])
+    config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"], cell["clients"], cell["fold"])
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(cell["clients"]),
                "--run-dir", str(run_dir), "--run-config", config_arg(config)]
     code, peak = run_with_peak_memory(command, run_dir / "log.txt", ROOT)
@@ -162,21 +192,29 @@ def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[st
     with (run_dir / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {
-        **{k: summary.get(k, "") for k in ("final_test_accuracy", "final_test_acc_recovered",
-                                          "final_test_acc_fused", "final_test_acc_attacked", "final_epsilon")},
+        **{k: summary.get(k, "") for k in SUMMARY_SCORES},
         **_best_attack(summary),
         "median_round_seconds": statistics.median(float(r["round_seconds"]) for r in rows),
         "bytes_up_per_client": statistics.mean(int(r["bytes_up_per_client"]) for r in rows),
         "bytes_down_per_client": statistics.mean(int(r["bytes_down_per_client"]) for r in rows),
         "peak_memory_gib": round(peak / 2**30, 3),
+        "final_test_confusion": json.dumps(summary["final_test_report"]["confusion_matrix"]),
         "run_dir": str(run_dir),
     }
+
+
+def load_sweep_runs(path: Path) -> pd.DataFrame:
+    """``runs.csv`` with every column of :data:`COLUMNS`; rows written before folds existed get fold -1."""
+    runs = load_runs(path, COLUMNS)
+    runs = runs.reindex(columns=list(dict.fromkeys([*COLUMNS, *runs.columns])))
+    runs["fold"] = runs["fold"].fillna(-1).astype(int)
+    return runs
 
 
 def run_sweep(spec: SweepSpec, out_dir: Path, runs_dir: Path, log: Any = print) -> None:
     """Every cell not yet ``ok`` in ``out_dir/runs.csv``, in spec order."""
     path = out_dir / "runs.csv"
-    runs = load_runs(path, COLUMNS)
+    runs = load_sweep_runs(path)
     cells = spec.cells()
     for index, cell in enumerate(cells, 1):
         if is_done(runs, cell):

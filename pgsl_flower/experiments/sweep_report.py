@@ -1,14 +1,16 @@
 """``results/<sweep>/report.md`` and its plots, rendered from ``runs.csv`` alone.
 
-Tables give mean ± std over seeds of the finished (``ok``) cells:
+Tables give mean ± std over seeds (and cross-validation folds) of the finished (``ok``) cells:
 - Table I analog: the strongest attack per dataset, strategy and client count
-  (lowest MSE, highest PSNR / SSIM, accuracy of a clean classifier on the
-  reconstructions), then each attack's scores;
-- Table II analog: test accuracy (and PGSL's streams) per dataset, strategy and
-  client count;
+  (lowest MSE, highest PSNR / SSIM, accuracy and balanced accuracy of a clean
+  classifier on the reconstructions), then each attack's scores;
+- Table II analog: test accuracy, balanced accuracy, macro-F1 and AUROC (and PGSL's
+  streams) per dataset, strategy and client count; strategies whose balanced
+  accuracy is at chance (a model that predicts one class) are named;
 - privacy at matched utility: per dataset and client count, the defended strategy
-  with the lowest best-attack SSIM among those whose mean accuracy is within 1
-  point of the undefended strategy's;
+  with the lowest best-attack SSIM among those whose mean utility is within 1
+  point of the undefended strategy's; utility is balanced accuracy on the medical
+  (imbalanced) datasets and accuracy on MNIST;
 - cost: wall time per round, MB up/down per client per round, peak memory.
 
 Plots (PNG, one per dataset): accuracy vs client count per strategy; privacy-
@@ -18,40 +20,61 @@ communication per client vs client count; wall time per round vs client count.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
-from pgsl_flower.config import SMASHED_DATA_ATTACKS  # noqa: E402
-from pgsl_flower.experiments.sweep import ATTACK_METRICS, COLUMNS, KEY, SweepSpec  # noqa: E402
+from pgsl_flower.classification_metrics import report_from_confusion  # noqa: E402
+from pgsl_flower.config import MEDICAL_DATASETS, SMASHED_DATA_ATTACKS  # noqa: E402
+from pgsl_flower.data import DATASET_CLASSES  # noqa: E402
+from pgsl_flower.experiments.sweep import ATTACK_METRICS, COLUMNS, KEY, SweepSpec, load_sweep_runs  # noqa: E402
 
 GROUP = ["dataset", "strategy", "clients"]
-#: "Matched utility": mean test accuracy at most this far below the undefended strategy's.
+#: "Matched utility": mean test utility at most this far below the undefended strategy's.
 MATCHED_ACCURACY_DROP = 0.01
+#: A strategy whose mean balanced accuracy is within this of chance (1 / classes) learned one class.
+CHANCE_MARGIN = 0.02
+
+
+def utility_column(dataset: str) -> str:
+    """Balanced accuracy on the medical (imbalanced) datasets, accuracy on MNIST."""
+    return "final_test_balanced_accuracy" if dataset in MEDICAL_DATASETS else "final_test_accuracy"
 
 
 def matched_utility(ok: pd.DataFrame, undefended: str, max_drop: float = MATCHED_ACCURACY_DROP) -> pd.DataFrame:
-    """Per dataset and client count, every strategy's mean accuracy and best-attack scores next
-    to the undefended strategy's; ``matched`` when its accuracy is at most ``max_drop`` below.
+    """Per dataset and client count, every strategy's mean utility (:func:`utility_column`) and
+    best-attack scores next to the undefended strategy's; ``matched`` when its utility is at most
+    ``max_drop`` below.
 
     Rows are sorted so that, within a setting, the matched strategies come first, most private
     (lowest best-attack SSIM) first: the first matched defended row is the answer to "best
     privacy at matched utility".
     """
+    ok = ok.assign(utility=[row[utility_column(row.dataset)] for _, row in ok.iterrows()])
     grouped = ok.groupby(GROUP)
-    means = grouped[["final_test_accuracy", "best_attack_ssim", "best_attack_mse"]].mean()
-    means["accuracy_std"] = grouped.final_test_accuracy.std().fillna(0.0)
+    means = grouped[["utility", "best_attack_ssim", "best_attack_mse"]].mean()
+    means["utility_std"] = grouped.utility.std().fillna(0.0)
     means = means.reset_index()
-    base = means.loc[means.strategy == undefended, ["dataset", "clients", "final_test_accuracy", "best_attack_ssim"]]
+    base = means.loc[means.strategy == undefended, ["dataset", "clients", "utility", "best_attack_ssim"]]
     rows = means.merge(base, on=["dataset", "clients"], suffixes=("", "_undefended"))
-    rows["accuracy_drop"] = rows.final_test_accuracy_undefended - rows.final_test_accuracy
-    rows["matched"] = rows.accuracy_drop <= max_drop + 1e-12
+    rows["utility_drop"] = rows.utility_undefended - rows.utility
+    rows["matched"] = rows.utility_drop <= max_drop + 1e-12
     return rows.sort_values(["dataset", "clients", "matched", "best_attack_ssim"],
                             ascending=[True, True, False, True]).reset_index(drop=True)
+
+
+def at_chance(ok: pd.DataFrame) -> pd.DataFrame:
+    """Settings whose mean balanced accuracy is within :data:`CHANCE_MARGIN` of chance."""
+    means = ok.groupby(GROUP).final_test_balanced_accuracy.mean().reset_index()
+    chance = means.dataset.map(lambda d: 1 / len(DATASET_CLASSES[d]))
+    return means[means.final_test_balanced_accuracy <= chance + CHANCE_MARGIN]
 
 
 def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
@@ -60,28 +83,57 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
     if not undefended or ok.best_attack_ssim.isna().all():
         return []
     rows = matched_utility(ok, undefended[0])
-    lines = [(f"## Privacy at matched utility (accuracy within {MATCHED_ACCURACY_DROP * 100:.0f} point of "
+    lines = [(f"## Privacy at matched utility (utility within {MATCHED_ACCURACY_DROP * 100:.0f} point of "
               f"`{undefended[0]}`, the undefended strategy)"), "",
-             ("Means over seeds. Privacy is the strongest attack's SSIM (lower = more private); MSE for reference. "
-              "A 1-point margin is below the seed-to-seed spread of many settings (`accuracy_std`): read "
+             ("Utility is balanced accuracy on the medical datasets (imbalanced classes) and accuracy on MNIST; "
+              "means over runs. Privacy is the strongest attack's SSIM (lower = more private); MSE for reference. "
+              "A 1-point margin is below the run-to-run spread of many settings (`utility_std`): read "
               "`matched` together with it."), ""]
+    chance = {(r.dataset, r.strategy, r.clients) for r in at_chance(ok).itertuples()}
     for (dataset, clients), group in rows.groupby(["dataset", "clients"], sort=True):
         defended = group[(group.strategy != undefended[0]) & group.matched]
-        base_ssim, base_accuracy = group.best_attack_ssim_undefended.iloc[0], group.final_test_accuracy_undefended.iloc[0]
-        if len(defended):
+        base_ssim, base_utility = group.best_attack_ssim_undefended.iloc[0], group.utility_undefended.iloc[0]
+        name = "balanced accuracy" if dataset in MEDICAL_DATASETS else "accuracy"
+        if (dataset, undefended[0], clients) in chance:
+            best = f"not meaningful: `{undefended[0]}` itself is at chance (it predicts one class)"
+        elif len(defended):
             ssim = defended.best_attack_ssim.iloc[0]
             best = (f"**{defended.strategy.iloc[0]}**, SSIM {ssim:.3f} against {base_ssim:.3f} undefended"
                     + ("" if ssim < base_ssim else ": no more private than no defense"))
         else:
-            best = "none: no defense keeps accuracy within the margin"
-        lines.append(f"- {dataset}, {clients} clients (undefended accuracy {base_accuracy * 100:.2f} %): "
+            best = f"none: no defense keeps {name} within the margin"
+        lines.append(f"- {dataset}, {clients} clients (undefended {name} {base_utility * 100:.2f} %): "
                      f"best privacy at matched utility: {best}.")
     table = rows.assign(
-        accuracy=(rows.final_test_accuracy * 100).round(2), accuracy_std=(rows.accuracy_std * 100).round(2),
-        drop_points=(rows.accuracy_drop * 100).round(2),
+        utility=(rows.utility * 100).round(2), utility_std=(rows.utility_std * 100).round(2),
+        drop_points=(rows.utility_drop * 100).round(2),
         ssim=rows.best_attack_ssim.round(3), mse=rows.best_attack_mse.round(4),
-    )[["dataset", "clients", "strategy", "accuracy", "accuracy_std", "drop_points", "matched", "ssim", "mse"]]
+    )[["dataset", "clients", "strategy", "utility", "utility_std", "drop_points", "matched", "ssim", "mse"]]
     return [*lines, "", _markdown(table), ""]
+
+
+def _pooled_section(ok: pd.DataFrame) -> list[str]:
+    """Cross-validated datasets: the confusion matrices of a seed's folds summed, so every image is
+    predicted once; balanced accuracy and recall per class of that pooled matrix, mean over seeds."""
+    cv = ok[(ok.fold >= 0) & ok.final_test_confusion.notna()]
+    if cv.empty:
+        return []
+    lines = ["## Pooled over cross-validation folds", "",
+             "Each seed's folds together predict every image once: the balanced accuracy and recall per class of "
+             "their summed confusion matrix (mean over seeds).", "",
+             "| dataset | clients | strategy | images | balanced accuracy % | accuracy % | recall per class % | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (dataset, clients, strategy), group in cv.groupby(["dataset", "clients", "strategy"]):
+        classes = DATASET_CLASSES[dataset]
+        reports = [report_from_confusion(torch.tensor(sum(np.array(json.loads(c)) for c in seed_group.final_test_confusion)),
+                                         classes) for _, seed_group in group.groupby("seed")]
+        recall = torch.stack([r.recall for r in reports]).mean(0)
+        lines.append(
+            f"| {dataset} | {clients} | {strategy} | {reports[0].total} | "
+            f"{100 * np.mean([r.balanced_accuracy for r in reports]):.2f} | {100 * np.mean([r.accuracy for r in reports]):.2f} | "
+            + ", ".join(f"{c} {100 * float(v):.0f}" for c, v in zip(classes, recall, strict=True))
+            + f" | {len(reports)} |")
+    return [*lines, ""]
 
 
 def _mean_std(frame: pd.DataFrame, column: str, scale: float = 1.0, digits: int = 2) -> pd.Series:
@@ -96,7 +148,7 @@ def _mean_std(frame: pd.DataFrame, column: str, scale: float = 1.0, digits: int 
 def _table(frame: pd.DataFrame, columns: dict[str, tuple[str, float, int]]) -> str:
     present = {label: spec for label, spec in columns.items() if frame[spec[0]].notna().any()}
     table = pd.DataFrame({label: _mean_std(frame, col, scale, digits) for label, (col, scale, digits) in present.items()})
-    table["seeds"] = frame.groupby(GROUP).size()
+    table["runs"] = frame.groupby(GROUP).size()
     return _markdown(table.reset_index())
 
 
@@ -128,12 +180,13 @@ def _plot(frame: pd.DataFrame, dataset: str, x: str, y: str, scale: float, ylabe
 def _privacy_utility(frame: pd.DataFrame, dataset: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     cells = frame[(frame.dataset == dataset) & frame.best_attack_ssim.notna()]
+    utility = utility_column(dataset)
     for strategy, group in cells.groupby("strategy"):
-        stats = group.groupby("clients")[["final_test_accuracy", "best_attack_ssim"]].mean()
-        ax.scatter(stats.final_test_accuracy * 100, stats.best_attack_ssim, label=strategy)
+        stats = group.groupby("clients")[[utility, "best_attack_ssim"]].mean()
+        ax.scatter(stats[utility] * 100, stats.best_attack_ssim, label=strategy)
         for clients, row in stats.iterrows():
-            ax.annotate(str(clients), (row.final_test_accuracy * 100, row.best_attack_ssim), fontsize=6)
-    ax.set_xlabel("test accuracy (%)")
+            ax.annotate(str(clients), (row[utility] * 100, row.best_attack_ssim), fontsize=6)
+    ax.set_xlabel(f"test {'balanced accuracy' if dataset in MEDICAL_DATASETS else 'accuracy'} (%)")
     ax.set_ylabel("best-attack SSIM (lower = more private)")
     ax.set_title(f"{dataset}: privacy vs utility (labels: clients)")
     ax.legend(fontsize=7)
@@ -144,7 +197,7 @@ def _privacy_utility(frame: pd.DataFrame, dataset: str, path: Path) -> None:
 
 def write_report(spec: SweepSpec, out_dir: Path) -> str:
     """Render ``out_dir/report.md`` (+ PNGs) from ``out_dir/runs.csv``; returns the markdown."""
-    runs = pd.read_csv(out_dir / "runs.csv").reindex(columns=list(COLUMNS))
+    runs = load_sweep_runs(out_dir / "runs.csv").reindex(columns=list(COLUMNS))
     cells = {tuple(cell[k] for k in KEY) for cell in spec.cells()}
     runs = runs[[tuple(row) in cells for row in runs[list(KEY)].itertuples(index=False)]]  # the spec's cells only
     ok = runs[runs.status == "ok"].copy()
@@ -155,8 +208,10 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
         f"{list(spec.datasets)}; shared run-config `{spec.run_config}`"
         + (f", per dataset `{spec.per_dataset}`" if spec.per_dataset else "")
         + (f"; {spec.total_samples} images split over each cell's clients (samples-per-client = "
-           f"{spec.total_samples} // clients)" if spec.total_samples else "") + ".",
-        f"Cells finished: {len(ok)} of {len(spec.cells())}. Mean ± std over seeds. Regenerate with "
+           f"{spec.total_samples} // clients)" if spec.total_samples else "")
+        + (f"; cross-validation folds {list(spec.folds)} as test sets" if spec.folds != (-1,) else "") + ".",
+        f"Cells finished: {len(ok)} of {len(spec.cells())}. Mean ± std over "
+        f"{'seeds x folds' if spec.folds != (-1,) else 'seeds'} (`runs`). Regenerate with "
         f"`python -m pgsl_flower.experiments.sweep report simulations/{spec.name}.toml`.",
         "",
     ]
@@ -168,19 +223,35 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                   _table(ok, {"best-attack MSE": ("best_attack_mse", 1.0, 4),
                               "best-attack PSNR dB": ("best_attack_psnr", 1.0, 2),
                               "best-attack SSIM": ("best_attack_ssim", 1.0, 3),
-                              "attacker accuracy %": ("best_attacker_accuracy", 100.0, 1)}), ""]
+                              "attacker accuracy %": ("best_attacker_accuracy", 100.0, 1),
+                              "attacker balanced accuracy %": ("best_attacker_balanced_accuracy", 100.0, 1)}), ""]
         per_attack = {f"{attack} {label}": (f"{attack}_{metric}", scale, digits)
                       for attack in SMASHED_DATA_ATTACKS
                       for metric, (label, scale, digits) in zip(ATTACK_METRICS, (
-                          ("MSE", 1.0, 4), ("PSNR dB", 1.0, 2), ("SSIM", 1.0, 3), ("attacker acc %", 100.0, 1)),
-                          strict=True)}
+                          ("MSE", 1.0, 4), ("PSNR dB", 1.0, 2), ("SSIM", 1.0, 3), ("attacker acc %", 100.0, 1),
+                          ("attacker bal. acc %", 100.0, 1)), strict=True)}
         lines += ["### Each attack", "", _table(ok, per_attack), ""]
-        lines += ["## Table II analog: test accuracy %", "",
+        lines += ["## Table II analog: test scores %", "",
                   _table(ok, {"accuracy": ("final_test_accuracy", 100.0, 2),
+                              "balanced accuracy": ("final_test_balanced_accuracy", 100.0, 2),
+                              "macro-F1": ("final_test_macro_f1", 100.0, 2),
+                              "AUROC": ("final_test_auroc", 100.0, 2),
                               "PGSL recovered": ("final_test_acc_recovered", 100.0, 2),
                               "PGSL fused": ("final_test_acc_fused", 100.0, 2),
                               "PGSL attacked": ("final_test_acc_attacked", 100.0, 2),
+                              "PGSL recovered bal.": ("final_test_bacc_recovered", 100.0, 2),
+                              "PGSL fused bal.": ("final_test_bacc_fused", 100.0, 2),
+                              "PGSL attacked bal.": ("final_test_bacc_attacked", 100.0, 2),
                               "DP epsilon": ("final_epsilon", 1.0, 2)}), ""]
+        chance = at_chance(ok)
+        if len(chance):
+            lines += ["**At chance** (mean balanced accuracy within "
+                      f"{CHANCE_MARGIN * 100:.0f} points of 1 / classes: the model predicts one class, so its "
+                      "accuracy is the class's share and its privacy row compares nothing useful): "
+                      + ", ".join(f"{r.dataset} / {r.strategy} / {r.clients} clients "
+                                  f"({r.final_test_balanced_accuracy * 100:.1f} %)" for r in chance.itertuples())
+                      + ".", ""]
+        lines += _pooled_section(ok)
         lines += _matched_section(ok, spec)
         lines += ["## Cost", "",
                   _table(ok, {"s per round": ("median_round_seconds", 1.0, 1),
@@ -188,8 +259,10 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                               "MB down per client per round": ("bytes_down_per_client", 1e-6, 1),
                               "peak memory GiB": ("peak_memory_gib", 1.0, 2)}), ""]
         for dataset in sorted(ok.dataset.unique()):
+            medical = dataset in MEDICAL_DATASETS
             plots = {
-                f"{dataset}_accuracy_vs_clients.png": ("final_test_accuracy", 100.0, "test accuracy (%)"),
+                f"{dataset}_accuracy_vs_clients.png": (utility_column(dataset), 100.0,
+                                                       f"test {'balanced accuracy' if medical else 'accuracy'} (%)"),
                 f"{dataset}_communication_vs_clients.png": ("bytes_up_per_client", 1e-6, "MB up per client per round"),
                 f"{dataset}_round_time_vs_clients.png": ("median_round_seconds", 1.0, "wall time per round (s)"),
             }

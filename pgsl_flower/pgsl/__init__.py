@@ -6,6 +6,5 @@
 - :mod:`.fusion` — conv-sum fusion (eqs. 7-8) and adaptive weighted averaging (eqs. 9-11)
 - :mod:`.server_model` — the server side: recovery, fusion, three towers, fused-only dL/dh
 
-Not wired into the protocol yet: no run-config key selects PGSL, and clients do
-not yet run the pixel attack (the saliency channel is still zeros).
+Selected by run-config ``defense = "pgsl"`` (``strategies/pgsl.toml``).
 """

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from pgsl_flower.config import RunConfig
 from pgsl_flower.model import CONV_CHANNELS, ServerNet, decayed_step, make_optimizer
+from pgsl_flower.strategy import ServerModel
 from pgsl_flower.pgsl.fusion import ConvSumFusion, fuse_decisions
 from pgsl_flower.pgsl.proximal import robust_pca
 
@@ -68,10 +69,10 @@ def recover(smashed: torch.Tensor, settings: ProximalSettings) -> torch.Tensor:
 class PGSLNet(nn.Module):
     """Fusion module and the three towers."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, tower: str = "paper", bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.fusion = ConvSumFusion(CONV_CHANNELS)
-        self.towers = nn.ModuleDict({name: ServerNet(num_classes) for name in STREAMS})
+        self.towers = nn.ModuleDict({name: ServerNet(num_classes, tower, bn_momentum) for name in STREAMS})
 
     def forward(self, smashed: torch.Tensor, recovered: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per stream. Only the fused stream depends on ``smashed`` with gradient."""
@@ -82,33 +83,37 @@ class PGSLNet(nn.Module):
         }
 
 
-class PGSLServerModel:
+class PGSLServerModel(ServerModel):
     """Same interface as :class:`pgsl_flower.strategy.ServerModel`, with PGSL's three streams."""
 
     def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device) -> None:
         self.device = device
         self.cfg = cfg
         self.settings = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol)
-        self.model = PGSLNet(num_classes).to(device)
+        self.model = PGSLNet(num_classes, cfg.server_tower, cfg.bn_momentum).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
         self.steps_taken = 0
+        self.class_weights = None
 
-    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Train all three towers on their own losses; return the fused stream's dL/dh.
 
-        Returns (dL_f/dh, fused loss sum, fused correct), like the plain server step.
+        Returns (dL_f/dh, fused loss sum, fused predictions), like the plain server step.
         """
         self.model.train()
         h = smashed.to(self.device).requires_grad_(True)
         y = labels.to(self.device)
         logits = self.model(h, recover(h.detach(), self.settings))
-        losses = {name: F.cross_entropy(out, y) for name, out in logits.items()}
+        losses = {name: self.loss(out, y) for name, out in logits.items()}
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.steps_taken)
         self.steps_taken += 1
-        correct = int((logits["fused"].argmax(1) == y).sum())
-        return h.grad.detach().cpu(), losses["fused"].item() * len(y), correct
+        return h.grad.detach().cpu(), losses["fused"].item() * len(y), logits["fused"].argmax(1).cpu()
+
+    def calibration_forward(self, smashed: torch.Tensor) -> object:
+        h = smashed.to(self.device)
+        return self.model(h, recover(h, self.settings))
 
     @torch.no_grad()
     def stream_scores(self, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
