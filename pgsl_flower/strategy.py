@@ -251,11 +251,10 @@ class SplitTrainer:
             if len(counts) != classes or min(counts) < 0 or sum(counts) != size:
                 self._fail(node, f"class-counts {counts} do not add up to its {size} samples in {classes} classes", stats)
                 continue
-            self.class_counts[node] = counts
             if partition in self.partitions.values():
                 self._fail(node, f"partition-id {partition} is already taken by another node", stats)
                 continue
-            self.train_sizes[node], self.partitions[node] = size, partition
+            self.train_sizes[node], self.partitions[node], self.class_counts[node] = size, partition, counts
             self.site_names[node] = str(info.get("site-name", ""))
         self._check_quorum(self.train_sizes)
 

@@ -189,6 +189,11 @@ def write_report(out: Path) -> str:
                 f"| {partitioner} | {clients} | {_mean_std(group.final_train_accuracy)} | "
                 + " | ".join(_mean_std(group[f"acc_{m}"]) for m in EVAL_MODES)
                 + f" | {_mean_std(group.client_stat_error, 1.0, 2)} | {_mean_std(group.server_stat_error, 1.0, 2)} |")
+    lines += ["", "## Cost: median seconds per round (training, and the recalibration's three extra exchanges)", "",
+              "| clients | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+    for clients, group in ok.groupby("clients"):
+        lines.append(f"| {clients} | " + " | ".join(
+            f"{group[group.variant == v].round_seconds.median():.1f}" for v in VARIANTS) + " |")
     fig, axes = plt.subplots(1, len(PARTITIONERS), figsize=(11, 4), squeeze=False)
     for ax, partitioner in zip(axes[0], PARTITIONERS, strict=True):
         for variant in VARIANTS:
@@ -198,6 +203,8 @@ def write_report(out: Path) -> str:
             ax.errorbar(stats.mean().index, stats.mean() * 100, yerr=stats.std().fillna(0) * 100, marker="o",
                         capsize=3, label=variant)
         ax.set(xscale="log", xlabel="clients", ylabel="test accuracy %", title=partitioner)
+        ax.set_xticks(list(CLIENTS), [str(n) for n in CLIENTS])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_clients.png", dpi=120)

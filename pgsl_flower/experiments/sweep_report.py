@@ -168,6 +168,9 @@ def _plot(frame: pd.DataFrame, dataset: str, x: str, y: str, scale: float, ylabe
                     capsize=3, label=strategy)
     if logx:
         ax.set_xscale("log")
+        ticks = sorted(frame[frame.dataset == dataset][x].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel("clients" if x == "clients" else x)
     ax.set_ylabel(ylabel)
     ax.set_title(dataset)
