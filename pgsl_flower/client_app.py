@@ -246,7 +246,7 @@ class SplitClient:
         with torch.no_grad():
             smashed = torch.cat([self.model(batch) for batch in self.calibration_batches(instructions)])
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, CALIBRATION_BATCH))
-        return ArrayRecord({"h": protocol.tensor_to_array(smashed)})
+        return protocol.encode_calibration(smashed.split(self.cfg.batch_size))
 
     def save(self) -> None:
         state = self.context.state

@@ -19,7 +19,8 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
   count), see :mod:`pgsl_flower.batchnorm`.
 - ``query.bn_smashed`` server -> client: the re-estimated ``client-weights`` and
   ``instructions`` (``samples``); reply: ``calibration`` (eval-mode smashed data of
-  that many training samples, no labels), for the server's BatchNorm statistics.
+  that many training samples, no labels, one array ``h.i`` per batch), for the
+  server's BatchNorm statistics.
 - ``query.attack`` server -> the adversarial client only (attack experiments):
   ``intercepted`` (smashed data of other clients' batches) and the
   ``client-weights`` they were computed with; reply: ``reconstructions``, one
@@ -298,13 +299,31 @@ def decode_moments(content: RecordDict, channels: int, *, max_bytes: int) -> tup
     return total, squares, count
 
 
+def encode_calibration(batches: Sequence[torch.Tensor]) -> ArrayRecord:
+    """Calibration smashed data as ``h.0 .. h.{m-1}``, one array per batch, so each stays
+    within ``max-payload-mb`` however many samples are requested."""
+    return ArrayRecord({f"h.{i}": tensor_to_array(batch) for i, batch in enumerate(batches)})
+
+
 def decode_calibration(
-    content: RecordDict, *, smashed_shape: Sequence[int], max_samples: int, max_bytes: int
+    content: RecordDict, *, smashed_shape: Sequence[int], max_batch: int, max_samples: int, max_bytes: int
 ) -> torch.Tensor:
-    """Validate ``calibration``: float32 smashed data (B, *smashed_shape), 1 <= B <= max_samples."""
+    """Validate ``calibration``: arrays ``h.0 .. h.{m-1}`` (no others), each float32 smashed
+    data (B, *smashed_shape) with 1 <= B <= max_batch, 1..max_samples samples in all."""
     record = require_record(content, CALIBRATION, ArrayRecord)
-    smashed = array_to_tensor(require_array(record, "h", CALIBRATION), field=f"{CALIBRATION}.h", dtype=torch.float32,
-                              shape=(None, *smashed_shape), max_bytes=max_bytes)
-    if not 1 <= smashed.shape[0] <= max_samples:
-        raise PayloadError(f"field '{CALIBRATION}.h': {smashed.shape[0]} samples, expected 1..{max_samples}")
+    names = list(record)
+    expected = [f"h.{i}" for i in range(len(names))]
+    if not names or sorted(names) != sorted(expected):
+        raise PayloadError(f"record '{CALIBRATION}': arrays {sorted(names)}, expected h.0 .. h.{{m-1}}")
+    batches = [
+        array_to_tensor(require_array(record, name, CALIBRATION), field=f"{CALIBRATION}.{name}",
+                        dtype=torch.float32, shape=(None, *smashed_shape), max_bytes=max_bytes)
+        for name in expected
+    ]
+    for name, batch in zip(expected, batches):
+        if not 1 <= batch.shape[0] <= max_batch:
+            raise PayloadError(f"field '{CALIBRATION}.{name}': {batch.shape[0]} samples, expected 1..{max_batch}")
+    smashed = torch.cat(batches)
+    if smashed.shape[0] > max_samples:
+        raise PayloadError(f"record '{CALIBRATION}': {smashed.shape[0]} samples, expected 1..{max_samples}")
     return smashed

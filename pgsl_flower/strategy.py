@@ -218,7 +218,8 @@ class SplitTrainer:
     def _fail(self, node: int, reason: str, stats: RoundStats) -> None:
         site = f" ({self.site_names[node]})" if self.site_names.get(node) else ""
         log(WARNING, "node %s%s dropped for this round: %s", node, site, reason)
-        stats.failed.append(node)
+        if node not in stats.failed:
+            stats.failed.append(node)
 
     def _check_quorum(self, alive: Iterable[int], sampled: int | None = None) -> None:
         """Stop below ``min-available-clients`` (or below all ``sampled`` clients, if fewer)."""
@@ -458,8 +459,9 @@ class SplitTrainer:
         smashed = []
         for node, reply in self._exchange(contents, protocol.QUERY_BN_SMASHED, f"bn-{round_num}-server", stats).items():
             try:
-                smashed.append(protocol.decode_calibration(reply.content, smashed_shape=self.smashed_shape,
-                                                           max_samples=samples, max_bytes=self.cfg.max_payload_bytes))
+                smashed.append(protocol.decode_calibration(
+                    reply.content, smashed_shape=self.smashed_shape, max_batch=self.cfg.batch_size,
+                    max_samples=samples, max_bytes=self.cfg.max_payload_bytes))
             except protocol.PayloadError as err:
                 self._fail(node, f"rejected calibration smashed data: {err}", stats)
         if smashed:

@@ -4,6 +4,7 @@ changes eval-mode accuracy."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -71,10 +72,18 @@ def test_bn_payloads_are_validated():
                                 max_bytes=1 << 20)
     with pytest.raises(protocol.PayloadError, match="shape"):
         protocol.decode_moments(ok, 8, max_bytes=1 << 20)
-    smashed = RecordDict({protocol.CALIBRATION: ArrayRecord({"h": protocol.tensor_to_array(torch.zeros(5, 64, 4, 4))})})
-    assert protocol.decode_calibration(smashed, smashed_shape=(64, 4, 4), max_samples=5, max_bytes=1 << 20).shape[0] == 5
-    with pytest.raises(protocol.PayloadError, match="expected 1..4"):
-        protocol.decode_calibration(smashed, smashed_shape=(64, 4, 4), max_samples=4, max_bytes=1 << 20)
+    smashed = RecordDict({protocol.CALIBRATION: protocol.encode_calibration(torch.zeros(5, 64, 4, 4).split(2))})
+    decode = functools.partial(protocol.decode_calibration, smashed_shape=(64, 4, 4), max_bytes=1 << 20)
+    assert decode(smashed, max_batch=2, max_samples=5).shape[0] == 5
+    with pytest.raises(protocol.PayloadError, match="5 samples, expected 1..4"):
+        decode(smashed, max_batch=2, max_samples=4)
+    with pytest.raises(protocol.PayloadError, match="calibration.h.0': 2 samples, expected 1..1"):
+        decode(smashed, max_batch=1, max_samples=5)
+    with pytest.raises(protocol.PayloadError, match="exceeds the cap"):  # each batch is capped, not the sum
+        decode(smashed, max_batch=2, max_samples=5, max_bytes=8_000)
+    gap = RecordDict({protocol.CALIBRATION: ArrayRecord({"h.1": protocol.tensor_to_array(torch.zeros(1, 64, 4, 4))})})
+    with pytest.raises(protocol.PayloadError, match="expected h.0"):
+        decode(gap, max_batch=2, max_samples=5)
 
 
 @pytest.mark.slow
@@ -83,7 +92,7 @@ def test_recalibration_rescues_eval_mode_accuracy(tmp_path):
     clients average barely leave their initial values; re-estimating them fixes evaluation."""
     config = {"num-rounds": 2, "samples-per-client": 40, "batch-size": 32, "test-samples": 1000,
               "local-eval-samples": 0, "seed": 1}
-    plain = simulate(config, num_clients=10, run_dir=tmp_path / "plain")
+    plain = simulate({**config, "bn-recalibration": "off"}, num_clients=10, run_dir=tmp_path / "plain")
     fixed = simulate({**config, "bn-recalibration": "on"}, num_clients=10, run_dir=tmp_path / "fixed")
     assert fixed["final_test_accuracy"] > plain["final_test_accuracy"] + 0.15, (plain, fixed)
     assert fixed["final_test_balanced_accuracy"] > 0.5  # chance is 0.1

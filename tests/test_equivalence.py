@@ -67,7 +67,8 @@ def test_splitfed_simulation_matches_in_process_reference(tmp_path, monkeypatch,
     """
     monkeypatch.setattr(pgsl_flower.model, "DROPOUT", 0.0)
     cfg = RunConfig(num_rounds=1, samples_per_client=150, batch_size=32, local_eval_samples=0,
-                    test_samples=100, seed=5, max_in_flight=max_in_flight)
+                    test_samples=100, seed=5, max_in_flight=max_in_flight,
+                    bn_recalibration="off")  # the reference is plain SplitFed; recalibration is tested in test_batchnorm
     simulate(cfg, num_clients=3, run_dir=tmp_path)
     final = torch.load(tmp_path / "final_model.pt")
     order = json.loads((tmp_path / "config.json").read_text())["partition-order"]
