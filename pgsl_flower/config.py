@@ -51,7 +51,7 @@ class RunConfig:
     augment: str = "auto"  # none | flip | standard: client-side, seeded (auto: standard on medical data)
     server_tower: str = "paper"  # paper (no pooling) | pooled (max-pool after conv3, conv5, conv7)
     bn_recalibration: str = "on"  # re-estimate the aggregated model's BatchNorm statistics each round
-    bn_calibration_samples: int = 512  # per client: training samples the recalibration runs over
+    bn_calibration_samples: int = 512  # over all of a round's clients: each uses ceil(this / clients) samples
     bn_momentum: float = 0.1  # BatchNorm running-statistics momentum; 0: cumulative average
     num_rounds: int = 3
     batch_size: int = 64
