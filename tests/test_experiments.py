@@ -50,6 +50,7 @@ def test_table2_runs_cells_records_failures_resumes_and_renders(tmp_path, monkey
     assert fusion.balanced_mean == pytest.approx(100 * ok.loc["pgsl", "final_test_balanced_accuracy"], abs=0.01)
     assert fusion.paper == 99.8
     assert (out / "table2.png").stat().st_size > 0 and "PGSL decision fusion" in (out / "table2.md").read_text()
+    assert (out / "curves.png").stat().st_size > 10_000  # learning curves from the runs' own metrics.csv
 
     before = (out / "runs.csv").stat().st_mtime_ns
     monkeypatch.setattr(table2, "SETTINGS", {"mnist": (2, small), "mias": (2, {"batch-size": 16})})

@@ -82,7 +82,8 @@ def test_sweep_runs_resumes_after_a_kill_records_failures_and_reports(tmp_path):
     assert "Table I analog" in report and "Table II analog" in report and "Failed cells" in report
     assert "Privacy at matched utility" in report and "mnist, 3 clients (undefended accuracy" in report
     assert "decoder SSIM" in report and (ok.decoder_ssim == ok.best_attack_ssim).all()  # the only attack run
-    for name in ("accuracy_vs_clients", "privacy_utility", "communication_vs_clients", "round_time_vs_clients"):
+    for name in ("accuracy_vs_clients", "privacy_utility", "communication_vs_clients", "round_time_vs_clients",
+                 "learning_curves"):
         assert (results / "tiny" / f"mnist_{name}.png").stat().st_size > 1000
     assert main(["report", str(spec), "--results", str(results)]) == 0  # report alone, from runs.csv
 

@@ -14,13 +14,19 @@ the training set, as one federated round is (``num-rounds`` epochs). Only
 
 writes ``<out>/runs.csv`` (one row per fold and seed), ``curves.csv`` (every
 epoch), ``predictions.csv`` (every test prediction, so cross-validation
-figures pool all folds) and ``report.md`` with ``curves.png``.
+figures pool all folds), ``config.json`` and ``report.md`` with ``curves.png``.
+
+    python -m pgsl_flower.experiments.centralized --summarize results/centralized
+
+writes ``results/centralized/recipes.md``: one line per recipe folder below it, its
+scores pooled over folds, so recipes can be compared side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -118,6 +124,7 @@ def run(config: dict[str, Any], folds: list[int], seeds: list[int], out: Path) -
             runs.append({"seed": seed, "fold": fold, **{k: v for k, v in rows[-1].items() if k != "epoch"}})
     runs_frame = pd.DataFrame(runs)
     runs_frame.to_csv(out / "runs.csv", index=False)
+    (out / "config.json").write_text(json.dumps({"run-config": config, "folds": folds, "seeds": seeds}, indent=2) + "\n")
     pd.DataFrame(curves).to_csv(out / "curves.csv", index=False)
     pd.concat(predictions).to_csv(out / "predictions.csv", index=False)
     write_report(out, config)
@@ -164,6 +171,36 @@ def write_report(out: Path, config: dict[str, Any]) -> str:
     return text
 
 
+def summarize(root: Path) -> str:
+    """``root/recipes.md``: every recipe folder's configuration and pooled scores, best balanced accuracy first."""
+    rows = []
+    for folder in sorted(p.parent for p in root.glob("*/predictions.csv")):
+        config = json.loads((folder / "config.json").read_text())
+        predictions = pd.read_csv(folder / "predictions.csv")
+        runs = pd.read_csv(folder / "runs.csv")
+        classes = tuple(c[2:] for c in predictions.columns if c.startswith("p_"))
+        reports = [pooled_report(group, classes) for _, group in predictions.groupby("seed")]
+        rows.append((
+            sum(r.balanced_accuracy for r in reports) / len(reports), folder.name, config, reports[0].total,
+            sum(r.accuracy for r in reports) / len(reports), sum(r.auroc for r in reports) / len(reports),
+            ", ".join(f"{c} {float(v):.2f}" for c, v in zip(classes, reports[0].recall, strict=True)),
+            runs.seconds.median(),
+        ))
+    lines = ["# Centralized recipes (`python -m pgsl_flower.experiments.centralized --summarize "
+             f"{root}`)", "",
+             "Scores pooled over each recipe's folds (every test image predicted once per seed), mean over seeds; "
+             "recall per class of the first seed. Best balanced accuracy first.", "",
+             "| recipe | run-config | folds | images | balanced accuracy | accuracy | AUROC | recall per class | "
+             "s per run |", "|---|---|---|---|---|---|---|---|---|"]
+    for balanced, name, config, total, accuracy, area, recall, seconds in sorted(rows, key=lambda r: -r[0]):
+        settings = " ".join(f"{k}={v!r}" for k, v in config["run-config"].items())
+        lines.append(f"| [{name}]({name}/report.md) | `{settings}` | {config['folds']} | {total} | {balanced:.3f} | "
+                     f"{accuracy:.3f} | {area:.3f} | {recall} | {seconds:.0f} |")
+    text = "\n".join(lines) + "\n"
+    (root / "recipes.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgsl_flower.experiments.centralized", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", nargs="+", default=["-1"], help="fold ids, or 'all' (0..cv-folds-1); -1: fixed split")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--out", type=Path, default=Path("outputs/centralized"))
+    parser.add_argument("--summarize", type=Path, default=None, help="write <dir>/recipes.md from its recipe folders")
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        print(summarize(args.summarize))
+        return 0
     from flwr.common.config import parse_config_args
 
     config: dict[str, Any] = {}

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from pgsl_flower.classification_metrics import report_from_confusion  # noqa: E402
 from pgsl_flower.config import MEDICAL_DATASETS, SMASHED_DATA_ATTACKS  # noqa: E402
 from pgsl_flower.data import DATASET_CLASSES  # noqa: E402
+from pgsl_flower.experiments.curves import load_curves, plot_learning_curves  # noqa: E402
 from pgsl_flower.experiments.sweep import ATTACK_METRICS, COLUMNS, KEY, SweepSpec, load_sweep_runs  # noqa: E402
 
 GROUP = ["dataset", "strategy", "clients"]
@@ -180,6 +181,16 @@ def _plot(frame: pd.DataFrame, dataset: str, x: str, y: str, scale: float, ylabe
     plt.close(fig)
 
 
+def _learning_curves(ok: pd.DataFrame, dataset: str, path: Path) -> bool:
+    """Test and training utility per round from the cells' own ``metrics.csv`` (their ``run_dir``);
+    True when the figure was drawn now or is kept from an earlier render."""
+    medical = dataset in MEDICAL_DATASETS
+    cells = ok[(ok.dataset == dataset) & ok.run_dir.notna()]
+    curves = load_curves((dataset, f"{r.strategy}, {r.clients} clients", Path(r.run_dir)) for r in cells.itertuples())
+    columns = ("test_balanced_accuracy", "train_balanced_accuracy") if medical else ("test_accuracy", "train_accuracy")
+    return plot_learning_curves(curves, columns, path) or path.exists()
+
+
 def _privacy_utility(frame: pd.DataFrame, dataset: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     cells = frame[(frame.dataset == dataset) & frame.best_attack_ssim.notna()]
@@ -218,9 +229,12 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
         f"`python -m pgsl_flower.experiments.sweep report simulations/{spec.name}.toml`.",
         "",
     ]
+    attacked = not ok.empty and pd.to_numeric(ok.get("best_attack_ssim"), errors="coerce").notna().any()
     if ok.empty:
         lines.append("No finished cells yet.")
     else:
+        lines += [] if attacked else ["No adversary in this sweep: utility and cost only.", ""]
+    if attacked:
         lines += ["## Table I analog: the strongest attack (MSE on [0, 1] pixels; attacker accuracy: a clean "
                   "classifier on the reconstructions)", "",
                   _table(ok, {"best-attack MSE": ("best_attack_mse", 1.0, 4),
@@ -234,6 +248,7 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                           ("MSE", 1.0, 4), ("PSNR dB", 1.0, 2), ("SSIM", 1.0, 3), ("attacker acc %", 100.0, 1),
                           ("attacker bal. acc %", 100.0, 1)), strict=True)}
         lines += ["### Each attack", "", _table(ok, per_attack), ""]
+    if not ok.empty:
         lines += ["## Table II analog: test scores %", "",
                   _table(ok, {"accuracy": ("final_test_accuracy", 100.0, 2),
                               "balanced accuracy": ("final_test_balanced_accuracy", 100.0, 2),
@@ -255,7 +270,7 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                                   f"({r.final_test_balanced_accuracy * 100:.1f} %)" for r in chance.itertuples())
                       + ".", ""]
         lines += _pooled_section(ok)
-        lines += _matched_section(ok, spec)
+        lines += _matched_section(ok, spec) if attacked else []
         lines += ["## Cost", "",
                   _table(ok, {"s per round": ("median_round_seconds", 1.0, 1),
                               "MB up per client per round": ("bytes_up_per_client", 1e-6, 1),
@@ -271,9 +286,13 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
             }
             for name, (column, scale, label) in plots.items():
                 _plot(ok, dataset, "clients", column, scale, label, out_dir / name)
-            _privacy_utility(ok, dataset, out_dir / f"{dataset}_privacy_utility.png")
-            lines += [f"## Plots: {dataset}", ""] + [f"![{n}]({n})" for n in
-                                                    [*plots, f"{dataset}_privacy_utility.png"]] + [""]
+            figures = list(plots)
+            if attacked:
+                _privacy_utility(ok, dataset, out_dir / f"{dataset}_privacy_utility.png")
+                figures.append(f"{dataset}_privacy_utility.png")
+            if _learning_curves(ok, dataset, out_dir / f"{dataset}_learning_curves.png"):
+                figures.append(f"{dataset}_learning_curves.png")
+            lines += [f"## Plots: {dataset}", ""] + [f"![{n}]({n})" for n in figures] + [""]
     failed = runs[runs.status != "ok"]
     if len(failed):
         lines += ["## Failed cells (retried on the next `run`)", ""]
