@@ -7,6 +7,7 @@ sits at chance shows whether it ever left it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,10 +38,10 @@ def plot_learning_curves(curves: pd.DataFrame, columns: Sequence[str], path: Pat
     if not axes_of:
         return False
     fig, axes = plt.subplots(1, len(axes_of), figsize=(5.2 * len(axes_of), 4.0), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # cycled: more groups than colors reuse them
     for ax, (panel, column) in zip(axes[0], axes_of, strict=True):
         part = curves[curves.panel == panel]
-        for color, (group, mine) in zip(colors, part.groupby("group", sort=False)):
+        for color, (group, mine) in zip(itertools.cycle(colors), part.groupby("group", sort=False)):
             for _, one in mine.groupby("run"):
                 ax.plot(one["round"], one[column], color=color, alpha=0.25, linewidth=0.8)
             mean = mine.groupby("round")[column].mean()

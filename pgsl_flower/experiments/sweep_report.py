@@ -229,11 +229,11 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
         f"`python -m pgsl_flower.experiments.sweep report simulations/{spec.name}.toml`.",
         "",
     ]
-    attacked = not ok.empty and pd.to_numeric(ok.get("best_attack_ssim"), errors="coerce").notna().any()
+    attacked = bool(ok.best_attack_ssim.notna().any())
     if ok.empty:
         lines.append("No finished cells yet.")
-    else:
-        lines += [] if attacked else ["No adversary in this sweep: utility and cost only.", ""]
+    elif not attacked:
+        lines += ["No adversary in this sweep: utility and cost only.", ""]
     if attacked:
         lines += ["## Table I analog: the strongest attack (MSE on [0, 1] pixels; attacker accuracy: a clean "
                   "classifier on the reconstructions)", "",
