@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="output folder (default: <output-dir>/<timestamp>-...)")
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--client-gpus", type=float, default=0.0)
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="run the ClientApps on an existing Ray cluster: 'auto' or the head's HOST:PORT "
+        "(default: a private local Ray instance)",
+    )
     args = parser.parse_args(argv)
 
     from flwr.common.config import parse_config_args
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=args.run_dir,
             client_cpus=args.client_cpus,
             client_gpus=args.client_gpus,
+            ray_address=args.ray_address,
         )
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

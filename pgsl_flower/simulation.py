@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
 from pgsl_flower.local_data import local_data
+from pgsl_flower.ray_cluster import attach, check_ray_address, detach, quiet_known_warnings, ray_init_args
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
@@ -57,12 +58,16 @@ def simulate(
     client_gpus: float = 0.0,
     verbose: bool = False,
     client_app: ClientApp | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run one federated split-learning simulation; returns ``summary.json``'s content.
 
     ``config`` is a :class:`RunConfig` or a mapping of run-config keys (missing
     keys take their defaults). ``client_app`` replaces the standard ClientApp
-    (e.g. one that misbehaves, to exercise failure handling).
+    (e.g. one that misbehaves, to exercise failure handling). ``ray_address``
+    (``"auto"`` or ``HOST:PORT``) runs the ClientApps on an existing Ray cluster
+    instead of a private local Ray instance; every node needs this environment and
+    the data at the same path.
     """
     from flwr.simulation import run_simulation
 
@@ -70,6 +75,8 @@ def simulate(
     from pgsl_flower.server_app import build_server_app, new_run_dir, resume_run_dir
 
     cfg = config if isinstance(config, RunConfig) else parse_run_config(config or {})
+    if ray_address is not None:
+        check_ray_address(ray_address)
     preflight(cfg, num_clients)
     target = (
         Path(run_dir).resolve() if run_dir
@@ -77,16 +84,23 @@ def simulate(
     )
     summary_path = target / "summary.json"
     summary_path.unlink(missing_ok=True)  # a reused folder's old summary must not pass for this run's
-    run_simulation(
-        server_app=build_server_app(cfg, target),
-        client_app=client_app or build_client_app(cfg),
-        num_supernodes=num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            "init_args": {"include_dashboard": False},
-        },
-        verbose_logging=verbose,
-    )
+    with quiet_known_warnings():
+        if ray_address is not None:
+            attach(ray_address)
+        try:
+            run_simulation(
+                server_app=build_server_app(cfg, target),
+                client_app=client_app or build_client_app(cfg),
+                num_supernodes=num_clients,
+                backend_config={
+                    "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},
+                    "init_args": ray_init_args(ray_address),
+                },
+                verbose_logging=verbose,
+            )
+        finally:
+            if ray_address is not None:
+                detach()
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
     return json.loads(summary_path.read_text())
