@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -29,6 +30,7 @@ from pgsl_flower.metrics import MetricsWriter, write_confusion_matrix, write_jso
 from pgsl_flower.model import build_client_net, prepare_input, resolve_device
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
+from pgsl_flower.result import SplitResult, round_metrics
 from pgsl_flower.strategy import ServerModel, SplitTrainer, balanced_class_weights
 
 NODE_WAIT_SECONDS = 600.0
@@ -77,11 +79,40 @@ def _wait_for_nodes(grid: Grid, minimum: int) -> list[int]:
         time.sleep(1.0)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
-    """Run all rounds; returns the summary also written to ``summary.json``."""
+def checked_arrays(
+    record: ArrayRecord, reference: Mapping[str, torch.Tensor], name: str, part: str
+) -> dict[str, torch.Tensor]:
+    """``record`` as tensors, checked against ``reference`` (same keys, dtypes and shapes, finite).
+
+    Raises ``ValueError`` naming ``name`` (the argument) and ``part`` (what it must hold).
+    """
+    if not isinstance(record, ArrayRecord):
+        raise TypeError(f"{name} must be an ArrayRecord (the {part}'s state dict), got {type(record).__name__}")
+    try:
+        return protocol.decode_state(record, reference, field=name, max_bytes=1 << 40)
+    except protocol.PayloadError as err:
+        raise ValueError(f"{name} does not match the {part} (its state dict's keys, dtypes, shapes): {err}") from err
+
+
+def run_federation(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    initial_arrays: ArrayRecord | None = None,
+    initial_server_arrays: ArrayRecord | None = None,
+) -> SplitResult:
+    """Run all rounds; returns the per-round metrics, final weights and ``summary.json``'s content.
+
+    ``initial_arrays`` / ``initial_server_arrays``: the client / server part's starting state
+    dicts (default: freshly initialised from run-config 'seed'); checked before any node is
+    contacted.
+    """
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     saved = load_resume_checkpoint(cfg)
+    if saved is not None and (initial_arrays is not None or initial_server_arrays is not None):
+        raise ValueError("initial_arrays / initial_server_arrays and run-config 'resume-from' exclude each other: "
+                         "a resumed run continues from its checkpoint's weights")
     torch.manual_seed(cfg.seed)
     train_set, test_set = load_datasets(cfg)
     if cfg.test_samples:
@@ -96,10 +127,15 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
         server: ServerModel | PGSLServerModel = PGSLServerModel(cfg, num_classes, device)
     else:
         server = ServerModel(cfg, num_classes, device)
+    initial_weights = {k: v.clone() for k, v in client_template.state_dict().items()}
+    if initial_arrays is not None:
+        initial_weights = checked_arrays(initial_arrays, initial_weights, "initial_arrays", "client part")
+    if initial_server_arrays is not None:
+        server.model.load_state_dict(checked_arrays(
+            initial_server_arrays, server.model.state_dict(), "initial_server_arrays", "server part"))
     test_inputs = harness_inputs(cfg, train_set, test_images)
     smashed_shape = (64, size // 2, size // 2)
     nodes = _wait_for_nodes(grid, cfg.min_available_clients)
-    initial_weights = {k: v.clone() for k, v in client_template.state_dict().items()}
     trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
     trainer.query_info(nodes)
     nodes = trainer.nodes_by_partition()
@@ -132,6 +168,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     )
 
     row: dict = {}
+    rows: dict[int, dict] = {}
     for round_num in range(first_round, cfg.num_rounds + 1):
         round_start = time.perf_counter()
         sampled = trainer.sample(cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
@@ -172,6 +209,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
             "epsilon": round(stats.epsilon, 4) if stats.epsilon is not None else "",
         }
         writer.append(row, report)
+        rows[round_num] = row
         _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
         if f"acc_{STREAMS[0]}" in test:
             log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
@@ -212,7 +250,13 @@ def run_federation(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict:
     }
     write_json(run_dir / "summary.json", summary)
     log(INFO, "pgsl-flower: done, final test accuracy %.4f, outputs in %s", summary["final_test_accuracy"], run_dir)
-    return summary
+    return SplitResult(
+        metrics={n: round_metrics(r) for n, r in rows.items()},
+        arrays=protocol.encode_state(trainer.client_weights),
+        server_arrays=protocol.encode_state(server.model.state_dict()),
+        run_dir=run_dir,
+        summary=summary,
+    )
 
 
 def load_resume_checkpoint(cfg: RunConfig) -> dict | None:
