@@ -82,7 +82,7 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], ignored: se
 #: Run-config keys that may change between the interrupted and the resumed run.
 RESUMABLE_CHANGES = frozenset({
     "num-rounds", "output-dir", "resume-from", "reply-timeout", "max-in-flight", "device",
-    "min-available-clients", "data-dir",
+    "min-available-clients", "data-dir", "tracking",
 })
 
 

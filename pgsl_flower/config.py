@@ -29,6 +29,10 @@ CLIENT_NORMS = ("batch", "group")
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 #: Reconstruction attacks the adversarial client can run on intercepted smashed data.
 SMASHED_DATA_ATTACKS = ("decoder", "gan")
+#: Experiment trackers a run can write its per-round metrics to (pgsl_flower.tracking).
+TRACKERS = ("none", "tensorboard")
+#: Trackers named in the issue but not installed with this project: refused with a clear message.
+UNSUPPORTED_TRACKERS = ("mlflow",)
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,7 @@ class RunConfig:
     seed: int = 42
     device: str = "auto"
     output_dir: str = "outputs"
+    tracking: str = "none"  # none | tensorboard: per-round metrics and the config into <run dir>/tensorboard/
     resume_from: str = ""  # a run folder (or its checkpoint.pt) to continue after its last complete round
     max_payload_mb: float = 64.0
     min_available_clients: int = 1
@@ -116,6 +121,12 @@ class RunConfig:
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("server-tower", self.server_tower, SERVER_TOWERS)
         _check_choice("bn-recalibration", self.bn_recalibration, ("on", "off"))
+        if self.tracking in UNSUPPORTED_TRACKERS:
+            raise ConfigError(
+                f"run-config 'tracking' = {self.tracking!r} is not supported: {self.tracking} is not installed "
+                f"with this project; use one of {list(TRACKERS)}"
+            )
+        _check_choice("tracking", self.tracking, TRACKERS)
         self._check_dataset_options()
         if self.defense == "dp-sgd" and self.client_norm != "group":
             raise ConfigError(

@@ -3,7 +3,7 @@
 Per round: train (the configured schedule), evaluate the global test set
 through the global client part + server part (evaluation harness, on the
 server), evaluate every client's held-out split through the protocol, log one
-line, append a row to ``metrics.csv``.
+line, append a row to ``metrics.csv`` (and to the tracker run-config 'tracking' names).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
 from pgsl_flower.result import SplitResult, round_metrics
 from pgsl_flower.strategy import ServerModel, SplitTrainer, balanced_class_weights
+from pgsl_flower.tracking import open_tracker
 
 NODE_WAIT_SECONDS = 600.0
 
@@ -152,15 +153,13 @@ def run_federation(
     interceptor = _interceptor(cfg, trainer)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        run_dir / "config.json",
-        {
-            **cfg.as_run_config(),
-            "num-clients": len(nodes),
-            "partition-order": [trainer.partitions[n] for n in nodes],
-            "site-names": [trainer.site_names[n] for n in nodes],
-        },
-    )
+    resolved = {
+        **cfg.as_run_config(),
+        "num-clients": len(nodes),
+        "partition-order": [trainer.partitions[n] for n in nodes],
+        "site-names": [trainer.site_names[n] for n in nodes],
+    }
+    write_json(run_dir / "config.json", resolved)
     writer = MetricsWriter(run_dir, keep_rounds=first_round - 1)
     log(
         INFO, "pgsl-flower: %s, %s, defense %s, %d clients, %d rounds -> %s",
@@ -169,60 +168,63 @@ def run_federation(
 
     row: dict = {}
     rows: dict[int, dict] = {}
-    for round_num in range(first_round, cfg.num_rounds + 1):
-        round_start = time.perf_counter()
-        sampled = trainer.sample(cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
-        if interceptor is not None:
-            interceptor.active = round_num == cfg.num_rounds
-            round_weights = {k: v.clone() for k, v in trainer.client_weights.items()}
-        stats = trainer.train_round(sampled, round_num)
-        client_template.load_state_dict(trainer.client_weights)
-        client_template.to(device)
-        test = evaluate_split(client_template, server, test_inputs, test_labels, device=device,
-                              release=harness_release(cfg), classes=train_set.classes)
-        test_loss, report = test["loss"], test["report"]
-        client_template.cpu()
-        local, local_report = trainer.evaluate_clients(
-            [n for n in sampled if n not in stats.failed], round_num, train_set.classes)
-        train_report = stats.train_report(train_set.classes)
-        active = len(sampled) - len(stats.failed)
-        row = {
-            "round": round_num,
-            "clients": active,
-            "failed_clients": len(stats.failed),
-            **{f"test_{name}": _rounded(value) for name, value in report.scalars().items()},
-            "test_loss": round(test_loss, 6),
-            **{f"test_{kind}_{name}": round(test[f"{kind}_{name}"], 6) if f"{kind}_{name}" in test else ""
-               for kind in ("acc", "bacc") for name in STREAMS},
-            "train_accuracy": round(stats.train_accuracy, 6),
-            "train_balanced_accuracy": _rounded(train_report.balanced_accuracy) if train_report else "",
-            "train_loss": round(stats.train_loss, 6),
-            "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
-            "local_balanced_accuracy": _rounded(local_report.balanced_accuracy) if local_report else "",
-            "samples": stats.samples,
-            "messages_per_client": stats.messages // max(len(sampled), 1),
-            "train_seconds": round(stats.train_seconds, 3),
-            "round_seconds": round(time.perf_counter() - round_start, 3),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "bytes_up_per_client": stats.bytes_up // max(len(sampled), 1),
-            "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
-            "epsilon": round(stats.epsilon, 4) if stats.epsilon is not None else "",
-        }
-        writer.append(row, report)
-        rows[round_num] = row
-        _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
-        if f"acc_{STREAMS[0]}" in test:
-            log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
-                ", ".join(f"{name} {test[f'acc_{name}']:.4f}" for name in STREAMS))
-        log(
-            INFO,
-            "round %d/%d: test acc %.4f balanced %.4f AUROC %.4f loss %.4f | train acc %.4f | local acc %s | "
-            "%d samples, %.1f s, up %.1f MB/client, down %.1f MB/client, failed %d",
-            round_num, cfg.num_rounds, report.accuracy, report.balanced_accuracy, report.auroc, test_loss,
-            stats.train_accuracy,
-            row["local_accuracy_mean"], stats.samples, row["round_seconds"],
-            row["bytes_up_per_client"] / 1e6, row["bytes_down_per_client"] / 1e6, len(stats.failed),
-        )
+    with open_tracker(cfg.tracking, run_dir, first_round) as tracker:  # closed on failure too
+        tracker.log_config(resolved)
+        for round_num in range(first_round, cfg.num_rounds + 1):
+            round_start = time.perf_counter()
+            sampled = trainer.sample(cfg.fraction_train, cfg.min_train_clients, cfg.seed, round_num)
+            if interceptor is not None:
+                interceptor.active = round_num == cfg.num_rounds
+                round_weights = {k: v.clone() for k, v in trainer.client_weights.items()}
+            stats = trainer.train_round(sampled, round_num)
+            client_template.load_state_dict(trainer.client_weights)
+            client_template.to(device)
+            test = evaluate_split(client_template, server, test_inputs, test_labels, device=device,
+                                  release=harness_release(cfg), classes=train_set.classes)
+            test_loss, report = test["loss"], test["report"]
+            client_template.cpu()
+            local, local_report = trainer.evaluate_clients(
+                [n for n in sampled if n not in stats.failed], round_num, train_set.classes)
+            train_report = stats.train_report(train_set.classes)
+            active = len(sampled) - len(stats.failed)
+            row = {
+                "round": round_num,
+                "clients": active,
+                "failed_clients": len(stats.failed),
+                **{f"test_{name}": _rounded(value) for name, value in report.scalars().items()},
+                "test_loss": round(test_loss, 6),
+                **{f"test_{kind}_{name}": round(test[f"{kind}_{name}"], 6) if f"{kind}_{name}" in test else ""
+                   for kind in ("acc", "bacc") for name in STREAMS},
+                "train_accuracy": round(stats.train_accuracy, 6),
+                "train_balanced_accuracy": _rounded(train_report.balanced_accuracy) if train_report else "",
+                "train_loss": round(stats.train_loss, 6),
+                "local_accuracy_mean": round(sum(local.values()) / len(local), 6) if local else "",
+                "local_balanced_accuracy": _rounded(local_report.balanced_accuracy) if local_report else "",
+                "samples": stats.samples,
+                "messages_per_client": stats.messages // max(len(sampled), 1),
+                "train_seconds": round(stats.train_seconds, 3),
+                "round_seconds": round(time.perf_counter() - round_start, 3),
+                "wall_seconds": round(time.perf_counter() - started, 3),
+                "bytes_up_per_client": stats.bytes_up // max(len(sampled), 1),
+                "bytes_down_per_client": stats.bytes_down // max(len(sampled), 1),
+                "epsilon": round(stats.epsilon, 4) if stats.epsilon is not None else "",
+            }
+            writer.append(row, report)
+            tracker.log_round(row)
+            rows[round_num] = row
+            _save_checkpoint(run_dir, cfg, round_num, server, trainer, row["wall_seconds"])
+            if f"acc_{STREAMS[0]}" in test:
+                log(INFO, "round %d/%d streams: %s", round_num, cfg.num_rounds,
+                    ", ".join(f"{name} {test[f'acc_{name}']:.4f}" for name in STREAMS))
+            log(
+                INFO,
+                "round %d/%d: test acc %.4f balanced %.4f AUROC %.4f loss %.4f | train acc %.4f | local acc %s | "
+                "%d samples, %.1f s, up %.1f MB/client, down %.1f MB/client, failed %d",
+                round_num, cfg.num_rounds, report.accuracy, report.balanced_accuracy, report.auroc, test_loss,
+                stats.train_accuracy,
+                row["local_accuracy_mean"], stats.samples, row["round_seconds"],
+                row["bytes_up_per_client"] / 1e6, row["bytes_down_per_client"] / 1e6, len(stats.failed),
+            )
     torch.save(
         {"client": trainer.client_weights, "server": server.model.state_dict()},
         run_dir / "final_model.pt",

@@ -51,6 +51,8 @@ def test_parse_accepts_defaults_and_overrides():
         ("fold", 0, "dataset 'mnist' has a fixed train/test split"),
         ("breast-crop", "on", "'breast-crop' = 'on' applies to"),
         ("roi-size", 2048, "'roi-size' must be <= 1024"),
+        ("tracking", "wandb", "'tracking' must be one of"),
+        ("tracking", "mlflow", "'tracking' = 'mlflow' is not supported: mlflow is not installed"),
     ],
 )
 def test_bad_values_name_the_key(key, value, fragment):

@@ -4,6 +4,7 @@ renders its report."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,7 +17,8 @@ import pandas as pd
 import pytest
 
 from pgsl_flower.config import ConfigError
-from pgsl_flower.experiments.sweep import load_spec, main
+from pgsl_flower.experiments import sweep
+from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
 from pgsl_flower.experiments.sweep_report import matched_utility
 
 SPEC = """
@@ -139,3 +141,33 @@ def test_folds_are_an_axis_only_for_datasets_with_folds(tmp_path):
     assert len(cells) == 2 * 2 * 3  # strategies x client counts x (mnist + 2 mias folds)
     mias = load_spec(spec).cell_config("mias", "splitfed", 1, 3, 3)
     assert mias["fold"] == 3 and "fold" not in load_spec(spec).cell_config("mnist", "splitfed", 1, 3, -1)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_the_eta_on_a_terminal_and_nothing_elsewhere():
+    quiet = io.StringIO()
+    with progress_bar(4, 1, "tiny", file=quiet) as bar:
+        bar.update()
+    assert bar.disable and quiet.getvalue() == ""
+    terminal = _Terminal()
+    with progress_bar(4, 1, "tiny", file=terminal) as bar:
+        bar.update()
+    shown = terminal.getvalue()
+    assert "tiny" in shown and "2/4" in shown and "<" in shown  # elapsed<remaining: the ETA
+
+
+def test_sweep_stays_quiet_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    loaded = load_spec(spec)
+    monkeypatch.setattr(sweep, "run_one", lambda spec, cell, runs_dir: {"run_dir": str(runs_dir)})
+    sweep.run_sweep(loaded, tmp_path / "results", tmp_path / "runs")
+    out, err = capsys.readouterr()
+    assert err == ""  # captured stderr is no terminal: no bar
+    assert out.count(": ok in ") == len(loaded.cells()) == 4
+    sweep.run_sweep(loaded, tmp_path / "results", tmp_path / "runs")  # every cell done: nothing to run
+    assert capsys.readouterr() == ("", "")

@@ -20,7 +20,7 @@ Each cell runs ``python -m pgsl_flower`` in its own process (a fresh Ray), its
 peak memory is the process tree's PSS. ``runs.csv`` gets one row per cell and is
 rewritten after each: finished cells are skipped when the sweep is started
 again, a failed cell is recorded with its error (and retried next time) and the
-sweep goes on.
+sweep goes on. A progress bar with the ETA goes to stderr when it is a terminal.
 
     python -m pgsl_flower.experiments.sweep run simulations/client_scaling.toml
     python -m pgsl_flower.experiments.sweep report simulations/client_scaling.toml
@@ -35,13 +35,14 @@ import statistics
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 from flwr.common.config import parse_config_args
+from tqdm import tqdm
 
 from pgsl_flower.config import SMASHED_DATA_ATTACKS, ConfigError, parse_run_config
 from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
@@ -175,9 +176,14 @@ def _best_attack(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def cell_label(cell: Mapping[str, Any], sep: str = "-") -> str:
+    """The cell's key values joined (its run folder's name), the fold only when it has one."""
+    return sep.join(str(cell[k]) for k in KEY if k != "fold" or cell[k] >= 0)
+
+
 def run_one(spec: SweepSpec, cell: Mapping[str, Any], runs_dir: Path) -> dict[str, Any]:
     """One cell in its own process; returns its row (raises if the run fails)."""
-    run_dir = runs_dir / "-".join(str(cell[k]) for k in KEY if k != "fold" or cell[k] >= 0)
+    run_dir = runs_dir / cell_label(cell)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = spec.cell_config(cell["dataset"], cell["strategy"], cell["seed"], cell["clients"], cell["fold"])
     command = [sys.executable, "-m", "pgsl_flower", "--num-clients", str(cell["clients"]),
@@ -211,18 +217,27 @@ def load_sweep_runs(path: Path) -> pd.DataFrame:
     return runs
 
 
-def run_sweep(spec: SweepSpec, out_dir: Path, runs_dir: Path, log: Any = print) -> None:
-    """Every cell not yet ``ok`` in ``out_dir/runs.csv``, in spec order."""
+def progress_bar(total: int, done: int, name: str, file: TextIO | None = None) -> tqdm:
+    """A bar over a sweep's cells with its ETA (mean time per cell run so far); silent when
+    ``file`` (default stderr) is not a terminal, so logs and CI output stay clean."""
+    return tqdm(total=total, initial=done, desc=name, unit="cell", smoothing=0, disable=None, file=file,
+                dynamic_ncols=True)
+
+
+def run_sweep(spec: SweepSpec, out_dir: Path, runs_dir: Path, log: Callable[[str], None] = tqdm.write) -> None:
+    """Every cell not yet ``ok`` in ``out_dir/runs.csv``, in spec order, under a progress bar."""
     path = out_dir / "runs.csv"
     runs = load_sweep_runs(path)
     cells = spec.cells()
-    for index, cell in enumerate(cells, 1):
-        if is_done(runs, cell):
-            continue
-        started = time.perf_counter()
-        runs = run_cell(runs, cell, lambda cell=cell: run_one(spec, cell, runs_dir), path, COLUMNS)
-        status = "ok" if is_done(runs, cell) else "failed"
-        log(f"[{index}/{len(cells)}] {cell}: {status} in {time.perf_counter() - started:.0f} s")
+    pending = [(index, cell) for index, cell in enumerate(cells, 1) if not is_done(runs, cell)]
+    with progress_bar(len(cells), len(cells) - len(pending), spec.name) as bar:
+        for index, cell in pending:
+            bar.set_postfix_str(cell_label(cell, "/"))
+            started = time.perf_counter()
+            runs = run_cell(runs, cell, lambda cell=cell: run_one(spec, cell, runs_dir), path, COLUMNS)
+            status = "ok" if is_done(runs, cell) else "failed"
+            log(f"[{index}/{len(cells)}] {cell}: {status} in {time.perf_counter() - started:.0f} s")
+            bar.update()
 
 
 def main(argv: list[str] | None = None) -> int:
