@@ -24,6 +24,8 @@ SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "shard", "linear", "exponential")
 #: PathologicalPartitioner's class assignment modes (run-config 'class-assignment').
 CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
+#: How site-folder images of any aspect become square (pgsl_flower.data.site_image.RESIZE_RULES).
+SITE_RESIZES = ("pad", "crop")
 DEVICES = ("auto", "cpu", "cuda")
 DEFENSES = ("none", "pixel-attack", "pgsl", "laplace", "nopeek", "dp-sgd", "latent-perturbation")
 CLIENT_NORMS = ("batch", "group")
@@ -49,6 +51,7 @@ class RunConfig:
     breast_crop: str = "auto"  # MIAS: crop to the breast, background blacked out (auto: on for mias)
     laterality: str = "auto"  # MIAS: mirror so the chest wall is on the left (auto: on for mias, mias-roi)
     roi_size: int = 256  # mias-roi: patch window in pixels of the 1024 x 1024 mammogram
+    site_resize: str = "pad"  # site folders: pad (background value) | crop to a square, then resize to image-size
     class_balance: str = "auto"  # none | loss (class-weighted) | sampling (auto: loss on medical data)
     augment: str = "auto"  # none | flip | standard: client-side, seeded (auto: standard on medical data)
     server_tower: str = "paper"  # paper (no pooling) | pooled (max-pool after conv3, conv5, conv7)
@@ -114,6 +117,7 @@ class RunConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_choice("class-assignment", self.class_assignment, CLASS_ASSIGNMENTS)
+        _check_choice("site-resize", self.site_resize, SITE_RESIZES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("defense", self.defense, DEFENSES)
         _check_choice("client-norm", self.client_norm, CLIENT_NORMS)

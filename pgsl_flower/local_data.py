@@ -121,13 +121,17 @@ def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -
 
 
 @lru_cache(maxsize=8)
-def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int = 8) -> LocalData:
+def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int | None = None) -> LocalData:
     """A site's own folder of images + ``labels.csv`` (deployment: node-config ``data-dir``).
 
-    Images must be run-config ``image-size`` square (the dataset's default when 0) and
-    labelled with the dataset's class names; see :mod:`pgsl_flower.data.site_folder`.
+    Images of any size are made run-config ``image-size`` square (the dataset's default when 0)
+    by run-config ``site-resize``, and labelled with the dataset's class names; ``bit_depth``
+    (node-config ``bit-depth``), if given, is the depth every image must have. See
+    :mod:`pgsl_flower.data.site_folder`.
     """
-    site = load_site_folder(folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth).dataset
+    site = load_site_folder(
+        folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth, resize=cfg.site_resize
+    ).dataset
     indices = np.arange(len(site))
     return _split(cfg, site, indices, partition_id, [cfg.seed, partition_id], f"site folder {folder}")
 

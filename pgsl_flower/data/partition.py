@@ -107,7 +107,7 @@ def _validate_shard(n: int, num_partitions: int, shards: int, size: int) -> None
     if size < 0:
         raise PartitionError("shard_size", size, "must be >= 0 (0: derive from shards_per_partition)")
     if shards == 0 and size == 0:
-        raise PartitionError("shards_per_partition", shards, "and shard_size cannot both be 0 for the shard partitioner")
+        raise PartitionError("shards_per_partition", shards, "and shard_size cannot both be 0 (shard partitioner)")
     if shards and size:
         if shards * size * num_partitions > n:
             raise PartitionError(
