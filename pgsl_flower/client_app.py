@@ -70,7 +70,8 @@ def _local_data(cfg: RunConfig, context: Context, partition_id: int) -> LocalDat
     'num-partitions' of the dataset (simulation)."""
     node = context.node_config
     if node.get("data-dir"):
-        return site_local_data(cfg, str(node["data-dir"]), partition_id, int(node.get("bit-depth", 8)))
+        depth = node.get("bit-depth")
+        return site_local_data(cfg, str(node["data-dir"]), partition_id, None if depth in (None, "") else int(depth))
     if "num-partitions" not in node:
         raise ValueError(
             "node-config needs 'data-dir' (the site's image folder) or 'num-partitions' "

@@ -21,7 +21,11 @@ CLASS_BALANCES = ("auto", "none", "loss", "sampling")
 AUGMENTATIONS = ("auto", "none", "flip", "standard")
 SERVER_TOWERS = ("paper", "pooled")
 SCHEDULES = ("splitfed", "sequential")
-PARTITIONERS = ("iid", "dirichlet")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "shard", "linear", "exponential")
+#: PathologicalPartitioner's class assignment modes (run-config 'class-assignment').
+CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
+#: How site-folder images of any aspect become square (pgsl_flower.data.site_image.RESIZE_RULES).
+SITE_RESIZES = ("pad", "crop")
 DEVICES = ("auto", "cpu", "cuda")
 DEFENSES = ("none", "pixel-attack", "pgsl", "laplace", "nopeek", "dp-sgd", "latent-perturbation")
 CLIENT_NORMS = ("batch", "group")
@@ -51,6 +55,7 @@ class RunConfig:
     breast_crop: str = "auto"  # MIAS: crop to the breast, background blacked out (auto: on for mias)
     laterality: str = "auto"  # MIAS: mirror so the chest wall is on the left (auto: on for mias, mias-roi)
     roi_size: int = 256  # mias-roi: patch window in pixels of the 1024 x 1024 mammogram
+    site_resize: str = "pad"  # site folders: pad (background value) | crop to a square, then resize to image-size
     class_balance: str = "auto"  # none | loss (class-weighted) | sampling (auto: loss on medical data)
     augment: str = "auto"  # none | flip | standard: client-side, seeded (auto: standard on medical data)
     server_tower: str = "paper"  # paper (no pooling) | pooled (max-pool after conv3, conv5, conv7)
@@ -64,7 +69,11 @@ class RunConfig:
     lr_decay: float = 0.0  # time-based decay lr / (1 + lr-decay * optimizer steps)
     samples_per_client: int = 2000  # 0: the whole partition
     partitioner: str = "iid"
-    alpha: float = 0.5
+    alpha: float = 0.5  # partitioner 'dirichlet': concentration (smaller: more label skew)
+    classes_per_partition: int = 2  # partitioner 'pathological': distinct classes each client holds
+    class_assignment: str = "random"  # partitioner 'pathological': random | deterministic | first-deterministic
+    shards_per_partition: int = 2  # partitioner 'shard': label-sorted shards per client (0: from shard-size)
+    shard_size: int = 0  # partitioner 'shard': samples per shard (0: training set / (clients x shards))
     schedule: str = "splitfed"
     holdout_fraction: float = 0.1
     local_eval_samples: int = 128
@@ -112,6 +121,8 @@ class RunConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
+        _check_choice("class-assignment", self.class_assignment, CLASS_ASSIGNMENTS)
+        _check_choice("site-resize", self.site_resize, SITE_RESIZES)
         _check_choice("device", self.device, DEVICES)
         _check_choice("defense", self.defense, DEFENSES)
         _check_choice("client-norm", self.client_norm, CLIENT_NORMS)
@@ -158,10 +169,17 @@ class RunConfig:
             ("cv-folds", 2),
             ("roi-size", 16),
             ("bn-calibration-samples", 1),
+            ("classes-per-partition", 1),
+            ("shards-per-partition", 0),
+            ("shard-size", 0),
         ):
             value = getattr(self, _attr(key))
             if value < low:
                 raise ConfigError(f"run-config '{key}' must be >= {low}, got {value!r}")
+        if self.partitioner == "shard" and not (self.shards_per_partition or self.shard_size):
+            raise ConfigError(
+                "partitioner 'shard' needs run-config 'shards-per-partition' or 'shard-size' > 0, got both 0"
+            )
         if self.image_size and (self.image_size < 8 or self.image_size % 2):
             raise ConfigError(
                 f"run-config 'image-size' must be 0 or an even number >= 8, got {self.image_size!r}"

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from pgsl_flower.augmentation import Augmentation, augmentation_for
-from pgsl_flower.config import RunConfig
+from pgsl_flower.config import ConfigError, RunConfig
 from pgsl_flower.data import (
     DATASET_CLASSES,
     ImageDataset,
+    PartitionError,
     load_dataset,
     partition_indices,
 )
@@ -91,25 +92,46 @@ def load_datasets(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset]:
 def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalData:
     """Partition ``partition_id`` of ``num_partitions`` of the training set (simulation)."""
     train, _ = load_datasets(cfg)
-    parts = partition_indices(
-        train.labels.numpy(),
-        num_partitions,
-        partitioner=cfg.partitioner,
-        alpha=cfg.alpha,
-        seed=cfg.seed,
-    )
+    parts = client_partitions(cfg, train.labels.numpy(), num_partitions)
     where = f"partition {partition_id} of {num_partitions}"
     return _split(cfg, train, parts[partition_id], partition_id, [cfg.seed, partition_id, num_partitions], where)
 
 
+
+
+def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
+    """Indices of each client's partition of ``labels`` (run-config 'partitioner' and its keys).
+
+    An impossible combination (e.g. 'classes-per-partition' above the classes present, shards
+    that do not fit the training set for this client count) raises :class:`ConfigError` naming
+    the key and its value.
+    """
+    try:
+        return partition_indices(
+            labels, num_partitions, partitioner=cfg.partitioner, alpha=cfg.alpha, seed=cfg.seed,
+            classes_per_partition=cfg.classes_per_partition, class_assignment=cfg.class_assignment,
+            shards_per_partition=cfg.shards_per_partition, shard_size=cfg.shard_size,
+        )
+    except PartitionError as exc:
+        what = "num-clients" if exc.argument == "num_partitions" else f"run-config '{exc.argument.replace('_', '-')}'"
+        raise ConfigError(
+            f"{what} = {exc.value!r} does not work with partitioner {cfg.partitioner!r}, "
+            f"{num_partitions} clients and the {labels.size} {cfg.dataset} training samples: {exc.reason}"
+        ) from exc
+
+
 @lru_cache(maxsize=8)
-def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int = 8) -> LocalData:
+def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int | None = None) -> LocalData:
     """A site's own folder of images + ``labels.csv`` (deployment: node-config ``data-dir``).
 
-    Images must be run-config ``image-size`` square (the dataset's default when 0) and
-    labelled with the dataset's class names; see :mod:`pgsl_flower.data.site_folder`.
+    Images of any size are made run-config ``image-size`` square (the dataset's default when 0)
+    by run-config ``site-resize``, and labelled with the dataset's class names; ``bit_depth``
+    (node-config ``bit-depth``), if given, is the depth every image must have. See
+    :mod:`pgsl_flower.data.site_folder`.
     """
-    site = load_site_folder(folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth).dataset
+    site = load_site_folder(
+        folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth, resize=cfg.site_resize
+    ).dataset
     indices = np.arange(len(site))
     return _split(cfg, site, indices, partition_id, [cfg.seed, partition_id], f"site folder {folder}")
 

@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
@@ -33,6 +34,7 @@ from pgsl_flower.data.site_folder import (
     save_image,
     write_site_folder,
 )
+from pgsl_flower.data.site_image import decode_site_image
 
 N = 20
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +162,9 @@ def test_dicom_rescale_and_monochrome1(tmp_path: Path, mnist: ImageDataset) -> N
     ds.save_as(p1)
     images = load_site_folder(folder, MNIST_CLASSES, 28).dataset.images[:, 0].numpy()
     assert np.array_equal(images[0], 255 - orig[0])
-    assert np.array_equal(images[1], (orig[1] // 2) * 2 + 1)
+    # the stored range 0..255 goes through the same rescale (1..511) and is mapped to 0..255: a linear
+    # rescale does not change what is displayed (the old loader clipped rescaled values at 255)
+    assert np.array_equal(images[1], orig[1] // 2)
     meta = pydicom.dcmread(p0)
     assert meta.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert meta.PatientName == "" and meta.PatientID == "" and meta.SOPInstanceUID
@@ -252,10 +256,16 @@ def test_rgb_dicom(tmp_path: Path, mnist: ImageDataset) -> None:
     load_error(folder, str(image), "SamplesPerPixel 3")
 
 
-def test_wrong_size(site: Path) -> None:
+def test_any_size_png_is_padded_to_square(site: Path) -> None:
+    """Non-square PNGs load (this test used to expect the size refusal, before images were fitted)."""
     image = first_image(site)
-    save_image(image, np.zeros((32, 30), np.uint8))
-    load_error(site, str(image), "got 32x30 (HxW)", "expected 28x28")
+    pixels = np.full((32, 30), 7, np.uint8)
+    pixels[8:24, 7:23] = 200
+    save_image(image, pixels)
+    out = load_site_folder(site, MNIST_CLASSES, 32).dataset.images[0, 0].numpy()
+    expect = np.full((32, 32), 7, np.uint8)  # one column of background on each side
+    expect[:, 1:31] = pixels
+    assert np.array_equal(out, expect)
 
 
 def test_wrong_bit_depth(tmp_path: Path, site: Path, mnist: ImageDataset) -> None:
@@ -382,3 +392,179 @@ def test_check_command_accepts_a_good_site_and_names_the_bad_file(tmp_path: Path
     assert f"{N} images OK" in capsys.readouterr().out
     assert main(["check", str(folder), "--dataset", "mias", "--image-size", "28"]) == 1
     assert "unknown label" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- images of any size and depth
+
+
+def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int | None = None, **attributes: object) -> Path:
+    """Write ``pixels`` as a DICOM file with pydicom, then set ``attributes`` on it."""
+    save_image(path, pixels, bits_stored)
+    if attributes:
+        ds = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+    return path
+
+
+@pytest.fixture
+def dicom_site(tmp_path: Path) -> Path:
+    """Six DICOMs: 8/12/16-bit, 40x60, 300x200 and 28x28, one MONOCHROME1, one windowed, one VOI LUT."""
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    wide = np.full((40, 60), 10, np.uint8)
+    wide[10:30, 20:40] = 250
+    write_dicom(folder / "wide8.dcm", wide)
+    big = np.zeros((300, 200), np.uint16)
+    big[100:200, 50:150] = 4095
+    write_dicom(folder / "big12.dcm", big, 12)
+    write_dicom(folder / "small16.dcm", rng.integers(0, 65536, size=(28, 28), dtype=np.uint16))
+    mono1 = np.zeros((28, 28), np.uint16)
+    mono1[5:15, 5:15] = 65535  # the brightest stored value: dark in MONOCHROME1
+    write_dicom(folder / "mono1.dcm", mono1, PhotometricInterpretation="MONOCHROME1")
+    window = np.zeros((28, 28), np.uint16)
+    window[:, :9], window[:, 9:18], window[:, 18:] = 500, 2048, 4000  # below, at, above the window
+    write_dicom(folder / "window.dcm", window, 12, WindowCenter=2048, WindowWidth=1024)
+    ramp = np.tile(np.arange(0, 4095, 4095 // 27, dtype=np.uint16)[:28], (28, 1))
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4096, 0, 16])  # LUT Descriptor: declares 16 bits, holds 12
+    lut.add_new(0x00283006, "US", [4095 - v for v in range(4096)])  # LUT Data
+    write_dicom(folder / "voilut.dcm", ramp, 12, VOILUTSequence=[lut])
+    set_rows(folder, "id,label\nwide8,0\nbig12,1\nsmall16,1\nmono1,2\nwindow,2\nvoilut,3\n")
+    return folder
+
+
+def test_dicoms_of_any_size_depth_and_window(dicom_site: Path) -> None:
+    site = load_site_folder(dicom_site, MNIST_CLASSES, 28)
+    images = site.dataset.images[:, 0].numpy()
+    assert site.dataset.images.shape == (6, 1, 28, 28) and images.dtype == np.uint8
+    assert site.dataset.labels.tolist() == [0, 1, 1, 2, 2, 3]
+    wide8, big12, small16, mono1, window, voilut = images
+    # 40x60 padded to 60x60 with its background (10), then shrunk: corners background, centre bright
+    assert wide8[0, 0] == wide8[-1, -1] == 10 and wide8[14, 14] == 250
+    assert big12[0, 0] == 0 and big12[14, 14] == 255  # 12-bit maximum is white
+    stored16 = pydicom.dcmread(dicom_site / "small16.dcm").pixel_array
+    assert np.array_equal(small16, np.rint(stored16 / 65535 * 255).astype(np.uint8))  # 28x28: not resampled
+    assert (mono1[5:15, 5:15] == 0).all() and mono1[20, 20] == 255  # MONOCHROME1 inverted
+    # window 2048 +- 512 of 0..4095: 500 clips to black, 4000 to white (the stored range would give 31 and 249)
+    assert (window[:, :9] == 0).all() and (window[:, 18:] == 255).all() and (window[:, 9:18] == 128).all()
+    stored = pydicom.dcmread(dicom_site / "voilut.dcm").pixel_array
+    assert np.array_equal(voilut, np.rint((4095 - stored) / 4095 * 255).astype(np.uint8))
+    # the same files, decoded at their own size
+    shapes = {p.stem: decode_site_image(p).shape for p in site.paths}
+    assert shapes == {"wide8": (40, 60), "big12": (300, 200), "small16": (28, 28), "mono1": (28, 28),
+                      "window": (28, 28), "voilut": (28, 28)}
+
+
+def test_pad_and_crop_rules(dicom_site: Path) -> None:
+    wide = pydicom.dcmread(dicom_site / "wide8.dcm").pixel_array
+    padded = read_site_image(dicom_site / "wide8.dcm", 60)
+    assert (padded[:10] == 10).all() and (padded[50:] == 10).all() and np.array_equal(padded[10:50], wide)
+    assert np.array_equal(read_site_image(dicom_site / "wide8.dcm", 40, resize="crop"), wide[:, 10:50])
+    square = np.full((60, 60), 10.0)
+    square[10:50] = wide
+    halved = square.reshape(30, 2, 30, 2).mean(axis=(1, 3))  # BOX 60 -> 30 is a 2x2 area average
+    assert np.abs(read_site_image(dicom_site / "wide8.dcm", 30).astype(int) - np.rint(halved)).max() <= 1
+    up = read_site_image(dicom_site / "small16.dcm", 56)  # enlarged (bilinear)
+    assert up.shape == (56, 56)
+    with pytest.raises(ValueError, match="resize"):
+        read_site_image(dicom_site / "wide8.dcm", 28, resize="stretch")
+
+
+def test_dicom_window_errors_name_the_file(dicom_site: Path) -> None:
+    path = write_dicom(dicom_site / "window.dcm", np.zeros((28, 28), np.uint16), 12, WindowCenter=10,
+                       WindowWidth=0)
+    with pytest.raises(DataError, match="Window Width") as info:
+        load_site_folder(dicom_site, MNIST_CLASSES, 28)
+    assert str(path) in str(info.value) and "line 6 (row 5)" in str(info.value)
+
+
+def test_check_reports_sizes_depths_and_labels(dicom_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(dicom_site), "--image-size", "28"]) == 0
+    out = capsys.readouterr().out
+    assert f"{dicom_site}: 6 images OK" in out
+    assert "labels: 0: 1, 1: 2, 2: 2, 3: 1" in out
+    assert "sizes (HxW): 3 distinct; smallest 28x28, largest 300x200, most common 28x28 (4 images)" in out
+    assert "heights 28..300, widths 28..200" in out
+    assert "bit depths: 8-bit: 1, 12-bit: 3, 16-bit: 2" in out
+    assert "photometric: MONOCHROME1: 1, MONOCHROME2: 5" in out
+    assert "intensity mapping: stored-range: 4, voi-lut: 1, window: 1" in out
+    assert "loads as 28x28 (pad to a square, then resize): 2 shrunk, 0 enlarged, 4 kept" in out
+    assert main(["check", str(dicom_site), "--dataset", "mnist"]) == 0
+    assert "labels: 0: 1, 1: 2, 2: 2, 3: 1, 4: 0, 5: 0" in capsys.readouterr().out
+
+
+def test_check_names_every_problem(dicom_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    truncated = dicom_site / "big12.dcm"  # 300 x 200 x 2 bytes: cut into its pixel data
+    truncated.write_bytes(truncated.read_bytes()[:-5000])
+    assert main(["check", str(dicom_site), "--bit-depth", "16"]) == 1
+    captured = capsys.readouterr()
+    assert f"{dicom_site}: 6 images (2 with problems)" in captured.out
+    assert f"error: {truncated}: cannot decode the DICOM pixel data" in captured.err
+    assert f"error: {dicom_site / 'wide8.dcm'}: wrong bit depth: DICOM BitsStored 8" in captured.err
+    assert "line 2 (row 1)" in captured.err and "line 3 (row 2)" in captured.err
+    assert f"2 of 6 images in {dicom_site} cannot be loaded" in captured.err
+    set_rows(dicom_site, "id,label\nnope,0\n")
+    assert main(["check", str(dicom_site)]) == 1
+    assert "image for id 'nope' is missing" in capsys.readouterr().err
+
+
+def test_check_entry_point(dicom_site: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgsl_flower.data.site_folder", "check", str(dicom_site)],
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "6 images OK" in proc.stdout and "largest 300x200" in proc.stdout
+
+
+def test_a_site_of_mixed_size_16bit_dicoms_trains(tmp_path: Path) -> None:
+    """MNIST 0s and 1s as 16-bit DICOMs of four sizes: the client loads them at 28x28 and the
+    split model learns them (the steps a SuperNode and the server run, driven in-process)."""
+    from flwr.app import Context, RecordDict
+
+    from pgsl_flower import protocol
+    from pgsl_flower.client_app import SplitClient
+    from pgsl_flower.config import RunConfig
+    from pgsl_flower.local_data import batches_per_epoch
+    from pgsl_flower.strategy import ServerModel
+
+    train, _ = load_dataset("mnist", None)
+    picks = np.concatenate([np.flatnonzero(train.labels.numpy() == digit)[:24] for digit in (0, 1)])
+    folder = tmp_path / "site"
+    folder.mkdir()
+    rows = ["id,label"]
+    for k, i in enumerate(picks.tolist()):
+        h, w = ((28, 28), (40, 60), (64, 48), (90, 90))[k % 4]
+        side = min(h, w)
+        digit = np.asarray(Image.fromarray(train.images[i, 0].numpy()).resize((side, side), Image.Resampling.BILINEAR))
+        canvas = np.zeros((h, w), np.uint16)
+        top, left = (h - side) // 2, (w - side) // 2
+        canvas[top : top + side, left : left + side] = digit.astype(np.uint16) * 257
+        save_image(folder / f"scan{k}.dcm", canvas)
+        rows.append(f"scan{k},{int(train.labels[i])}")
+    set_rows(folder, "\n".join(rows) + "\n")
+
+    cfg = RunConfig(batch_size=8, samples_per_client=0, holdout_fraction=0.1, server_tower="pooled")
+    context = Context(run_id=1, node_id=3, node_config={"partition-id": 0, "data-dir": str(folder), "bit-depth": 16},
+                      state=RecordDict(), run_config=cfg.as_run_config())
+    client = SplitClient(cfg, context)
+    assert client.data.train_images.shape == (43, 1, 28, 28)
+    server = ServerModel(cfg, 10, torch.device("cpu"))
+    losses, correct = [], []
+    for _epoch in range(4):
+        loss_sum = hits = seen = 0.0
+        for _ in range(batches_per_epoch(43, cfg.batch_size)):
+            batch = RecordDict({protocol.BATCH: client.forward_next()[protocol.batch_record(0)]})
+            smashed, labels = protocol.decode_batch(batch, smashed_shape=(64, 14, 14), max_batch=8, num_classes=10,
+                                                    max_bytes=1 << 30)
+            grad, loss, predicted = server.step(smashed, labels)
+            client.apply_gradients(RecordDict(protocol.encode_gradients([grad])))
+            loss_sum, hits, seen = loss_sum + loss, hits + int((predicted == labels).sum()), seen + len(labels)
+        losses.append(loss_sum / seen)
+        correct.append(hits / seen)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert correct[-1] >= 0.9, correct

@@ -38,7 +38,7 @@ from .mnist import (
     load_mnist,
     read_idx,
 )
-from .partition import PARTITIONERS, partition_indices
+from .partition import PARTITIONERS, PartitionError, partition_indices
 from .paths import DATA_DIR_ENV, KNOWN_DATASETS, dataset_dir, resolve_data_root
 from .types import ImageDataset
 
@@ -58,6 +58,7 @@ __all__ = [
     "MNIST_MD5",
     "MNIST_MIRRORS",
     "PARTITIONERS",
+    "PartitionError",
     "cv_split",
     "dataset_dir",
     "default_image_size",

@@ -5,12 +5,29 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 
 import numpy as np
 
-__all__ = ["PARTITIONERS", "partition_indices"]
+__all__ = ["CLASS_ASSIGNMENTS", "PARTITIONERS", "PartitionError", "partition_indices", "shuffled_order"]
 
-PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet")
+PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological", "shard", "linear", "exponential")
+#: PathologicalPartitioner's ``class_assignment_mode`` values.
+CLASS_ASSIGNMENTS: tuple[str, ...] = ("random", "deterministic", "first-deterministic")
+
+
+class PartitionError(ValueError):
+    """An argument makes the partitioning invalid or impossible; ``argument`` names it."""
+
+    def __init__(self, argument: str, value: object, reason: str) -> None:
+        super().__init__(f"{argument} = {value!r}: {reason}")
+        self.argument = argument
+        self.value = value
+        self.reason = reason
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
 def _validate(
@@ -20,8 +37,12 @@ def _validate(
     alpha: float,
     seed: int,
     min_partition_size: int,
+    classes_per_partition: int,
+    class_assignment: str,
+    shards_per_partition: int,
+    shard_size: int,
 ) -> np.ndarray:
-    """Check every argument, raising ValueError naming it; return labels as int64 1-D."""
+    """Check every argument, raising PartitionError naming it; return labels as int64 1-D."""
     arr = np.asarray(labels)
     if arr.ndim != 1:
         raise ValueError(f"labels: expected a 1-D array, got shape {arr.shape}")
@@ -30,26 +51,141 @@ def _validate(
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
         raise ValueError(f"labels: expected integer labels, got dtype {arr.dtype}")
     for name, value in (("num_partitions", num_partitions), ("seed", seed),
-                        ("min_partition_size", min_partition_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name}: expected an int, got {value!r}")
+                        ("min_partition_size", min_partition_size),
+                        ("classes_per_partition", classes_per_partition),
+                        ("shards_per_partition", shards_per_partition), ("shard_size", shard_size)):
+        if not _is_int(value):
+            raise PartitionError(name, value, "expected an int")
     if not 1 <= num_partitions <= arr.size:
-        raise ValueError(
-            f"num_partitions: must be between 1 and len(labels)={arr.size}, got {num_partitions}"
-        )
+        raise PartitionError("num_partitions", num_partitions, f"must be between 1 and len(labels)={arr.size}")
     if partitioner not in PARTITIONERS:
-        raise ValueError(f"partitioner: unknown {partitioner!r}; known: {', '.join(PARTITIONERS)}")
+        raise PartitionError("partitioner", partitioner, f"unknown; known: {', '.join(PARTITIONERS)}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
             or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha: must be a finite number > 0, got {alpha!r}")
+        raise PartitionError("alpha", alpha, "must be a finite number > 0")
     if seed < 0:
-        raise ValueError(f"seed: must be >= 0, got {seed}")
+        raise PartitionError("seed", seed, "must be >= 0")
     if min_partition_size < 0 or min_partition_size * num_partitions > arr.size:
-        raise ValueError(
-            f"min_partition_size: must be >= 0 and at most len(labels)/num_partitions="
-            f"{arr.size // num_partitions}, got {min_partition_size}"
+        raise PartitionError(
+            "min_partition_size", min_partition_size,
+            f"must be >= 0 and at most len(labels)/num_partitions={arr.size // num_partitions}",
         )
+    if partitioner == "pathological":
+        _validate_pathological(arr, num_partitions, classes_per_partition, class_assignment)
+    if partitioner == "shard":
+        _validate_shard(arr.size, num_partitions, shards_per_partition, shard_size)
     return arr.astype(np.int64, copy=False)
+
+
+def _validate_pathological(labels: np.ndarray, num_partitions: int, k: int, mode: str) -> None:
+    """PathologicalPartitioner: k distinct classes per partition, each class split among its holders."""
+    if mode not in CLASS_ASSIGNMENTS:
+        raise PartitionError("class_assignment", mode, f"must be one of {', '.join(CLASS_ASSIGNMENTS)}")
+    classes, counts = np.unique(labels, return_counts=True)
+    if not 1 <= k <= classes.size:
+        raise PartitionError(
+            "classes_per_partition", k, f"must be between 1 and the {classes.size} classes present in the labels"
+        )
+    if mode == "deterministic":  # each class goes to about num_partitions * k / classes partitions
+        holders = np.zeros(classes.size, dtype=np.int64)
+        for pid in range(num_partitions):
+            holders[(pid + np.arange(k)) % classes.size] += 1
+        short = np.flatnonzero(holders > counts)
+        if short.size:
+            c = int(short[0])
+            raise PartitionError(
+                "classes_per_partition", k,
+                f"class {int(classes[c])} has {int(counts[c])} samples but would be split among "
+                f"{int(holders[c])} partitions; lower it or the number of partitions",
+            )
+
+
+def _validate_shard(n: int, num_partitions: int, shards: int, size: int) -> None:
+    """ShardPartitioner's rules, checked up front (see :func:`partition_indices`)."""
+    if shards < 0:
+        raise PartitionError("shards_per_partition", shards, "must be >= 0 (0: derive from shard_size)")
+    if size < 0:
+        raise PartitionError("shard_size", size, "must be >= 0 (0: derive from shards_per_partition)")
+    if shards == 0 and size == 0:
+        raise PartitionError("shards_per_partition", shards, "and shard_size cannot both be 0 (shard partitioner)")
+    if shards and size:
+        if shards * size * num_partitions > n:
+            raise PartitionError(
+                "shard_size", size,
+                f"{num_partitions} partitions x {shards} shards x {size} samples = "
+                f"{num_partitions * shards * size} is more than the {n} samples",
+            )
+    elif shards:
+        if n // (num_partitions * shards) < 1:
+            raise PartitionError(
+                "shards_per_partition", shards,
+                f"{num_partitions} partitions x {shards} shards is more than the {n} samples (empty shards)",
+            )
+    elif n // size < num_partitions:
+        raise PartitionError(
+            "shard_size", size,
+            f"{n} samples make only {n // size} shards of this size, fewer than the {num_partitions} partitions",
+        )
+
+
+def shuffled_order(num_samples: int, seed: int) -> np.ndarray:
+    """The seeded permutation applied before any partitioner sees the labels."""
+    return np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
+
+
+def _make_partitioner(
+    partitioner: str,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    min_partition_size: int,
+    classes_per_partition: int,
+    class_assignment: str,
+    shards_per_partition: int,
+    shard_size: int,
+):  # noqa: ANN202 - flwr_datasets is imported lazily
+    """The Flower Datasets partitioner for ``partitioner``."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        ExponentialPartitioner,
+        IidPartitioner,
+        LinearPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
+
+    if partitioner == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if partitioner == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=float(alpha),
+            min_partition_size=min_partition_size, self_balancing=False, shuffle=True, seed=seed,
+        )
+    if partitioner == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_partitions, partition_by="label", num_classes_per_partition=classes_per_partition,
+            class_assignment_mode=class_assignment, shuffle=False, seed=seed,  # type: ignore[arg-type]
+        )
+    if partitioner == "shard":
+        return ShardPartitioner(
+            num_partitions=num_partitions, partition_by="label",
+            num_shards_per_partition=shards_per_partition or None, shard_size=shard_size or None,
+            keep_incomplete_shard=False, shuffle=False, seed=seed,
+        )
+    if partitioner == "linear":
+        return LinearPartitioner(num_partitions=num_partitions)
+    return ExponentialPartitioner(num_partitions=num_partitions)
+
+
+#: The argument a failed partitioning is blamed on, per partitioner, and a hint.
+_BLAME = {
+    "iid": ("num_partitions", "lower the number of partitions"),
+    "dirichlet": ("alpha", "raise alpha or lower min_partition_size"),
+    "pathological": ("classes_per_partition", "lower it or the number of partitions"),
+    "shard": ("shards_per_partition", "lower it, shard_size or the number of partitions"),
+    "linear": ("num_partitions", "lower the number of partitions"),
+    "exponential": ("num_partitions", "lower the number of partitions"),
+}
 
 
 @functools.lru_cache(maxsize=16)
@@ -60,43 +196,42 @@ def _partition_cached(
     alpha: float,
     seed: int,
     min_partition_size: int,
+    classes_per_partition: int,
+    class_assignment: str,
+    shards_per_partition: int,
+    shard_size: int,
 ) -> tuple[np.ndarray, ...]:
     """Compute the partitions (cached on the exact label bytes and arguments)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets  # deferred: importing datasets/flwr_datasets takes ~2 s
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
     labels = np.frombuffer(labels_bytes, dtype=np.int64)
-    # Shuffle first: IidPartitioner takes contiguous shards and DirichletPartitioner
-    # splits each class in index order, so without this the result follows file order.
-    perm = np.random.default_rng(seed).permutation(labels.size).astype(np.int64)
+    # Shuffle first: IidPartitioner, LinearPartitioner and ExponentialPartitioner take contiguous
+    # runs, DirichletPartitioner and PathologicalPartitioner split each class in index order and
+    # ShardPartitioner sorts by label (stably): without this the result follows file order.
+    perm = shuffled_order(labels.size, seed)
     table = datasets.Dataset.from_dict({"label": labels[perm], "index": perm})
-    part: Partitioner
-    if partitioner == "iid":
-        part = IidPartitioner(num_partitions=num_partitions)
-    else:
-        part = DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=float(alpha),
-            min_partition_size=min_partition_size,
-            self_balancing=False,
-            shuffle=True,
-            seed=seed,
-        )
+    part = _make_partitioner(partitioner, num_partitions, alpha, seed, min_partition_size,
+                             classes_per_partition, class_assignment, shards_per_partition, shard_size)
     part.dataset = table
     out: list[np.ndarray] = []
     try:
-        for pid in range(num_partitions):
-            idx = np.sort(np.asarray(part.load_partition(pid)["index"], dtype=np.int64))
-            idx.setflags(write=False)
-            out.append(idx)
+        with warnings.catch_warnings():  # PathologicalPartitioner: classes no partition drew
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside ShardPartitioner's sort
+            for pid in range(num_partitions):
+                idx = np.sort(np.asarray(part.load_partition(pid)["index"], dtype=np.int64))
+                idx.setflags(write=False)
+                out.append(idx)
     except ValueError as exc:
-        raise ValueError(
-            f"alpha/min_partition_size: Dirichlet sampling failed with alpha={alpha}, "
-            f"min_partition_size={min_partition_size}, num_partitions={num_partitions} "
-            f"({exc}); raise alpha or lower min_partition_size"
+        argument, hint = _BLAME[partitioner]
+        value = {"num_partitions": num_partitions, "alpha": alpha, "classes_per_partition": classes_per_partition,
+                 "shards_per_partition": shards_per_partition}[argument]
+        raise PartitionError(
+            argument, value,
+            f"Flower Datasets' {type(part).__name__} cannot split {labels.size} samples into "
+            f"{num_partitions} partitions ({exc}); {hint}",
         ) from exc
     return tuple(out)
 
@@ -108,19 +243,39 @@ def partition_indices(
     alpha: float = 0.5,
     seed: int = 0,
     min_partition_size: int = 0,
+    *,
+    classes_per_partition: int = 2,
+    class_assignment: str = "random",
+    shards_per_partition: int = 2,
+    shard_size: int = 0,
 ) -> list[np.ndarray]:
-    """Split ``range(len(labels))`` into ``num_partitions`` disjoint, complete parts.
+    """Split ``range(len(labels))`` into ``num_partitions`` disjoint parts with a Flower Datasets partitioner.
 
-    ``partitioner="iid"`` uses Flower Datasets' ``IidPartitioner`` on a seeded
-    permutation (sizes differ by at most one); ``"dirichlet"`` uses
-    ``DirichletPartitioner(partition_by="label", alpha, seed, min_partition_size)``
-    (smaller ``alpha`` -> more label skew). Returns sorted int64 index arrays;
-    reproducible for a seed. Results are cached per (label bytes, arguments);
-    each call returns fresh copies. Raises ValueError naming a bad argument.
+    The labels are first permuted (:func:`shuffled_order`, seeded), then:
+
+    - ``"iid"``: ``IidPartitioner``, sizes differ by at most one;
+    - ``"dirichlet"``: ``DirichletPartitioner(partition_by="label", alpha, seed, min_partition_size)``
+      (smaller ``alpha`` -> more label skew);
+    - ``"pathological"``: ``PathologicalPartitioner(num_classes_per_partition=classes_per_partition,
+      class_assignment_mode=class_assignment)``: each partition holds exactly that many classes, each
+      class split evenly among the partitions that drew it; a class no partition drew is left out;
+    - ``"shard"``: ``ShardPartitioner``: labels sorted, cut into contiguous shards of ``shard_size``
+      samples, each partition gets ``shards_per_partition`` random shards. 0 derives one from the
+      other: ``shard_size = len // (num_partitions * shards_per_partition)``, or (shards 0)
+      ``len // shard_size`` shards dealt out as evenly as possible; samples in no shard are left out;
+    - ``"linear"`` / ``"exponential"``: ``LinearPartitioner`` / ``ExponentialPartitioner``: partition
+      ``i`` gets ``floor(len * w_i / sum w)`` samples with ``w_i = i + 1`` / ``e ** (i + 1)``, the
+      remainder going to the last partition.
+
+    iid, dirichlet, linear and exponential cover every index. Returns sorted int64 index arrays;
+    reproducible for a seed. Results are cached per (label bytes, arguments); each call returns
+    fresh copies. Raises :class:`PartitionError` (a ValueError) naming a bad or impossible argument.
     """
-    arr = _validate(labels, num_partitions, partitioner, alpha, seed, min_partition_size)
+    arr = _validate(labels, num_partitions, partitioner, alpha, seed, min_partition_size,
+                    classes_per_partition, class_assignment, shards_per_partition, shard_size)
     parts = _partition_cached(
         np.ascontiguousarray(arr).tobytes(), int(num_partitions), partitioner,
-        float(alpha), int(seed), int(min_partition_size),
+        float(alpha), int(seed), int(min_partition_size), int(classes_per_partition), class_assignment,
+        int(shards_per_partition), int(shard_size),
     )
     return [p.copy() for p in parts]

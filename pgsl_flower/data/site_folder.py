@@ -18,20 +18,23 @@ case-insensitively). Blank lines are skipped. Every problem raises
 :class:`DataError` naming the file (and, for ``labels.csv``, the line, counting
 the header as line 1, and the data row, counting from 1).
 
-Bit depth: a site declares ``bit_depth`` 8 or 16 and every image must have that
-depth (PNG mode ``L`` = 8, ``I;16``/``I`` = 16; PGM maxval <= 255 = 8, else 16;
-DICOM BitsStored 8 = 8, 9..16 = 16). 16-bit images are converted to uint8 by
-linear scaling with their container's maximum: ``round(v * 255 / 65535)`` for
-PNG/PGM (Pillow first scales a PGM with maxval M to 0..65535, so that is
-``v * 255 / M`` overall) and ``round(v * 255 / (2**BitsStored - 1))`` for DICOM.
-DICOM pixels first get ``RescaleSlope``/``RescaleIntercept`` (if present) and
-MONOCHROME1 inversion (``max - v``), then are clipped to ``0..2**BitsStored - 1``.
-Images are never resized: each must be ``image_size`` x ``image_size``.
+Images may have any size, aspect and bit depth: :mod:`.site_image` maps each
+one's intensities to 0..255 (PNG/PGM linearly from their container's range;
+DICOM through its Modality LUT, VOI LUT or Window Center/Width, else its stored
+range, MONOCHROME1 inverted) and makes it ``image_size`` square (``resize``:
+``pad`` to a square with its background value, or centre-``crop``, then
+resize). A site may declare ``bit_depth`` 8 or 16 that every image must have;
+``None`` (the default) accepts each file's own depth.
 
-CLI (writes MNIST/MIAS subsets as site folders, e.g. for a pilot runbook)::
+CLI: ``export`` writes MNIST/MIAS subsets as site folders (e.g. for a pilot
+runbook); ``check`` reports what a folder holds (image count, sizes, bit depths,
+photometric interpretations, intensity mappings, labels) and exits 1 naming
+every problem::
 
     python -m pgsl_flower.data.site_folder export --dataset mnist --sites 3 \\
         --per-site 200 --out /path [--format png|pgm|dcm] [--seed 0]
+    python -m pgsl_flower.data.site_folder check /path/site-0 \\
+        [--dataset mnist] [--image-size 28] [--bit-depth 8|16] [--resize pad|crop]
 """
 
 from __future__ import annotations
@@ -41,31 +44,40 @@ import csv
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
-from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
 
 from .errors import DataError
 from .partition import partition_indices
+from .site_image import (
+    BIT_DEPTHS,
+    FORMATS,
+    RESIZE_RULES,
+    check_format,
+    check_bit_depth,
+    check_int,
+    check_resize,
+    decode_site_image,
+    fit_image,
+    read_site_image,
+    save_image,
+)
 from .types import ImageDataset
 
 __all__ = [
     "BIT_DEPTHS",
     "FORMATS",
     "LABELS_FILE",
+    "RESIZE_RULES",
     "SiteData",
+    "SiteReport",
     "export_sites",
+    "inspect_site_folder",
     "load_site_folder",
     "main",
     "read_site_image",
@@ -74,14 +86,8 @@ __all__ = [
 ]
 
 LABELS_FILE = "labels.csv"
-#: Image formats (file extensions without the dot) a site folder may hold.
-FORMATS: tuple[str, ...] = ("png", "pgm", "dcm")
-BIT_DEPTHS: tuple[int, ...] = (8, 16)
 
 _REQUIRED_COLUMNS = ("id", "label")
-_PIL_FORMAT = {"png": "PNG", "pgm": "PPM"}  # what Image.open reports for each extension
-_PIL_DEPTH = {"1": 1, "L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 16}
-_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,29 +121,6 @@ class SiteData:
 # --------------------------------------------------------------------------- arguments
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as int if it is an int >= ``minimum``, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an int, got {value!r}")  # noqa: TRY004 - project convention
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_bit_depth(bit_depth: object) -> int:
-    """Return ``bit_depth`` if it is 8 or 16, else ValueError naming it."""
-    if isinstance(bit_depth, bool) or bit_depth not in BIT_DEPTHS:
-        raise ValueError(f"bit_depth: must be 8 or 16, got {bit_depth!r}")
-    return int(bit_depth)  # type: ignore[arg-type]
-
-
-def _check_format(fmt: object) -> str:
-    """Return ``fmt`` if it is one of :data:`FORMATS`, else ValueError naming it."""
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return str(fmt)
-
-
 def _check_classes(classes: object) -> tuple[str, ...]:
     """Return ``classes`` if it is a non-empty tuple of distinct non-blank str, else ValueError."""
     if not isinstance(classes, tuple) or not classes:
@@ -147,162 +130,6 @@ def _check_classes(classes: object) -> tuple[str, ...]:
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes: duplicate class names in {classes!r}")
     return classes
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _scale_to_uint8(values: np.ndarray, maximum: int) -> np.ndarray:
-    """Linearly map ``0..maximum`` to ``0..255`` (rounded; values outside are clipped)."""
-    v = np.clip(values.astype(np.float64), 0, maximum)
-    return np.rint(v * (255.0 / maximum)).astype(np.uint8)
-
-
-def _check_size(path: Path, height: int, width: int, image_size: int) -> None:
-    """DataError naming ``path`` unless the image is ``image_size`` x ``image_size``."""
-    if (height, width) != (image_size, image_size):
-        raise DataError(
-            f"{path}: wrong image size: got {height}x{width} (HxW), "
-            f"expected {image_size}x{image_size} (image_size={image_size})"
-        )
-
-
-def _read_pillow(path: Path, ext: str, image_size: int, bit_depth: int) -> np.ndarray:
-    """Decode a PNG/PGM file to ``(H, W)`` uint8 (see the module docstring for 16-bit)."""
-    try:
-        with Image.open(path) as im:
-            if im.format != _PIL_FORMAT[ext]:
-                raise DataError(
-                    f"{path}: file content is {im.format or 'unknown'}, not {_PIL_FORMAT[ext]} "
-                    f"as the .{ext} extension says"
-                )
-            depth = _PIL_DEPTH.get(im.mode)
-            if depth is None:
-                raise DataError(
-                    f"{path}: not a single-channel grayscale image (Pillow mode {im.mode!r} with "
-                    f"{len(im.getbands())} band(s) {''.join(im.getbands())}; expected mode 'L' "
-                    f"for 8-bit or 'I;16' for 16-bit grayscale)"
-                )
-            if depth != bit_depth:
-                raise DataError(
-                    f"{path}: wrong bit depth: {depth}-bit image (Pillow mode {im.mode!r}) but "
-                    f"the site declares bit_depth={bit_depth}"
-                )
-            w, h = im.size
-            _check_size(path, h, w, image_size)
-            im.load()
-            arr = np.asarray(im)
-    except DataError:
-        raise
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} does not exist") from exc
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ...
-        raise DataError(f"{path}: cannot decode image, corrupt or truncated ({type(exc).__name__}: {exc})") from exc
-    if bit_depth == 8:
-        return np.ascontiguousarray(arr, dtype=np.uint8)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
-        raise DataError(
-            f"{path}: 16-bit image holds values {int(arr.min())}..{int(arr.max())}, outside 0..65535"
-        )
-    return _scale_to_uint8(arr, 65535)
-
-
-def _dicom_number(ds: Dataset, keyword: str, default: float) -> float:
-    """Numeric value of an optional DICOM element (``default`` if absent or empty)."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return default
-    return float(value)
-
-
-def _read_dicom(path: Path, image_size: int, bit_depth: int) -> np.ndarray:
-    """Decode a single-frame grayscale DICOM file to ``(H, W)`` uint8."""
-    try:
-        ds = pydicom.dcmread(path)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} does not exist") from exc
-    except Exception as exc:  # InvalidDicomError, EOFError, OSError, ValueError, ...
-        raise DataError(f"{path}: cannot read DICOM file, corrupt or not DICOM ({type(exc).__name__}: {exc})") from exc
-    if "PixelData" not in ds:
-        raise DataError(f"{path}: DICOM file has no PixelData element (truncated, or not an image)")
-    samples = ds.get("SamplesPerPixel")
-    if samples != 1:
-        raise DataError(
-            f"{path}: not a single-channel grayscale image (DICOM SamplesPerPixel {samples}, expected 1)"
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in _MONOCHROME:
-        raise DataError(
-            f"{path}: not a grayscale image (DICOM PhotometricInterpretation {photometric!r}, "
-            f"expected MONOCHROME1 or MONOCHROME2)"
-        )
-    frames = int(_dicom_number(ds, "NumberOfFrames", 1))
-    if frames != 1:
-        raise DataError(f"{path}: DICOM file holds {frames} frames, expected a single frame")
-    bits = ds.get("BitsStored")
-    if not isinstance(bits, int):
-        raise DataError(f"{path}: DICOM BitsStored is missing or invalid ({bits!r})")
-    ok = bits == 8 if bit_depth == 8 else 9 <= bits <= 16
-    if not ok:
-        want = "8" if bit_depth == 8 else "9..16"
-        raise DataError(
-            f"{path}: wrong bit depth: DICOM BitsStored {bits} but the site declares "
-            f"bit_depth={bit_depth} (expected BitsStored {want})"
-        )
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    if not isinstance(rows, int) or not isinstance(cols, int):
-        raise DataError(f"{path}: DICOM Rows/Columns missing or invalid ({rows!r}, {cols!r})")
-    _check_size(path, rows, cols, image_size)
-    try:
-        arr = np.asarray(ds.pixel_array)
-    except Exception as exc:  # unsupported compression, missing decoder, short pixel data, ...
-        ts = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
-        ts_text = f"{ts.name} ({ts})" if ts is not None else "missing"
-        hint = (
-            "compressed pixel data that cannot be decoded here; store it uncompressed, "
-            "e.g. Explicit VR Little Endian"
-            if ts is not None and ts.is_compressed
-            else "corrupt or truncated"
-        )
-        raise DataError(
-            f"{path}: cannot decode the DICOM pixel data (transfer syntax {ts_text}; {hint}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if arr.shape != (image_size, image_size):
-        raise DataError(f"{path}: DICOM pixel data has shape {arr.shape}, expected ({image_size}, {image_size})")
-    maximum = (1 << bits) - 1
-    values = arr.astype(np.float64)
-    slope = _dicom_number(ds, "RescaleSlope", 1.0)
-    intercept = _dicom_number(ds, "RescaleIntercept", 0.0)
-    if slope != 1.0 or intercept != 0.0:
-        values = values * slope + intercept
-    if photometric == "MONOCHROME1":
-        values = maximum - values
-    return _scale_to_uint8(values, maximum)
-
-
-def read_site_image(path: str | Path, image_size: int, bit_depth: int = 8) -> np.ndarray:
-    """Read one site image (``.png``, ``.pgm`` or ``.dcm``) as ``(image_size, image_size)`` uint8.
-
-    Checks, each raising :class:`DataError` naming ``path``: the file exists and
-    decodes, its content matches its extension, it is single-channel grayscale,
-    its bit depth is ``bit_depth`` and it is ``image_size`` x ``image_size``.
-    16-bit images are scaled to uint8 as described in the module docstring.
-    """
-    path = Path(path)
-    size = _check_int("image_size", image_size, 2)
-    depth = _check_bit_depth(bit_depth)
-    ext = path.suffix.lower().lstrip(".")
-    if ext not in FORMATS:
-        raise DataError(
-            f"{path}: unsupported image file type {path.suffix!r}; expected one of "
-            + ", ".join(f".{f}" for f in FORMATS)
-        )
-    if not path.is_file():
-        raise DataError(f"{path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    if ext == "dcm":
-        return _read_dicom(path, size, depth)
-    return _read_pillow(path, ext, size, depth)
 
 
 # --------------------------------------------------------------------------- labels.csv
@@ -321,8 +148,12 @@ class _Row:
     path: Path
 
 
-def _read_rows(folder: Path, classes: tuple[str, ...]) -> list[_Row]:
-    """Parse and validate ``folder/labels.csv`` and locate each row's image file."""
+def _read_rows(folder: Path, classes: tuple[str, ...] | None) -> tuple[list[_Row], tuple[str, ...]]:
+    """Parse and validate ``folder/labels.csv`` and locate each row's image file.
+
+    Returns the rows and the class names; ``classes=None`` takes every label as a class name
+    (in order of first appearance) instead of checking them against a dataset's classes.
+    """
     csv_path = folder / LABELS_FILE
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
@@ -358,8 +189,8 @@ def _read_rows(folder: Path, classes: tuple[str, ...]) -> list[_Row]:
         raise DataError(f"{csv_path}: no image rows, only the header; the site has no images")
 
     by_stem = _images_by_stem(folder)
-    allowed = ", ".join(repr(c) for c in classes)
-    class_index = {c: k for k, c in enumerate(classes)}
+    allowed = ", ".join(repr(c) for c in classes) if classes is not None else "any non-blank name"
+    class_index = {c: k for k, c in enumerate(classes or ())}
     first_id: dict[str, str] = {}
     first_file: dict[str, str] = {}
     rows: list[_Row] = []
@@ -380,6 +211,8 @@ def _read_rows(folder: Path, classes: tuple[str, ...]) -> list[_Row]:
         if rid in first_id:
             raise bad(f"duplicate id {rid!r}, already used at {first_id[rid]}")
         first_id[rid] = where
+        if classes is None:
+            class_index.setdefault(label, len(class_index))
         if label not in class_index:
             raise bad(f"unknown label {label!r} for id {rid!r}; allowed class names: {allowed}")
         rel = cells.get("file", "")
@@ -392,7 +225,7 @@ def _read_rows(folder: Path, classes: tuple[str, ...]) -> list[_Row]:
             raise bad(f"image {path} is also used by {first_file[key]}")
         first_file[key] = where
         rows.append(_Row(where=where, id=rid, label=class_index[label], path=path))
-    return rows
+    return rows, tuple(class_index)
 
 
 def _numbered_rows(text: str) -> Iterator[tuple[int, list[str]]]:
@@ -442,40 +275,49 @@ def _listed_file(folder: Path, rel: str, bad: _Bad) -> Path:
 # --------------------------------------------------------------------------- public API
 
 
+def _check_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path; DataError unless it is an existing directory."""
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: site folder does not exist")
+    if not path.is_dir():
+        raise DataError(f"{path}: site folder is not a directory")
+    return path
+
+
 def load_site_folder(
     folder: str | Path,
     classes: tuple[str, ...],
     image_size: int,
-    bit_depth: int = 8,
+    bit_depth: int | None = None,
     name: str | None = None,
+    resize: str = "pad",
 ) -> SiteData:
     """Load a site folder (``labels.csv`` + images) into a :class:`SiteData`.
 
     Images come out as ``(N, 1, image_size, image_size)`` uint8 in ``labels.csv``
     row order, labels as int64 indices into ``classes`` (``labels.csv`` holds
-    the class names). ``bit_depth`` (8 or 16) is the depth every image must
-    have; 16-bit images are scaled to uint8 (module docstring). ``name`` is the
+    the class names). Images of any size and depth are mapped to 0..255 and made
+    square by ``resize`` (``pad`` or ``crop``, :mod:`.site_image`); ``bit_depth``
+    (8 or 16), if given, is the depth every image must have. ``name`` is the
     dataset name (default ``site/<folder name>``). The whole ``labels.csv`` is
     validated before any image is decoded; the first problem raises
     :class:`DataError` naming the file (and the CSV line/row). Bad arguments
     raise ValueError naming the argument.
     """
     classes = _check_classes(classes)
-    size = _check_int("image_size", image_size, 2)
-    depth = _check_bit_depth(bit_depth)
+    size = check_int("image_size", image_size, 2)
+    depth = check_bit_depth(bit_depth)
+    rule = check_resize(resize)
     if name is not None and (not isinstance(name, str) or not name):
         raise ValueError(f"name: expected a non-empty str or None, got {name!r}")
-    folder = Path(folder).expanduser()
-    if not folder.exists():
-        raise DataError(f"{folder}: site folder does not exist")
-    if not folder.is_dir():
-        raise DataError(f"{folder}: site folder is not a directory")
+    folder = _check_folder(folder)
 
-    rows = _read_rows(folder, classes)
+    rows, _ = _read_rows(folder, classes)
     images = np.empty((len(rows), 1, size, size), dtype=np.uint8)
     for i, row in enumerate(rows):
         try:
-            images[i, 0] = read_site_image(row.path, size, depth)
+            images[i, 0] = read_site_image(row.path, size, depth, rule)
         except DataError as exc:
             raise DataError(f"{exc} (listed in {folder / LABELS_FILE}, {row.where})") from exc.__cause__
     dataset = ImageDataset(
@@ -487,70 +329,117 @@ def load_site_folder(
     return SiteData(dataset=dataset, ids=tuple(r.id for r in rows), paths=tuple(r.path for r in rows))
 
 
-def _dicom_dataset(pixels: np.ndarray, bits_stored: int) -> Dataset:
-    """A minimal Secondary Capture DICOM dataset (MONOCHROME2, no patient data)."""
-    allocated = 8 if pixels.dtype == np.uint8 else 16
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.ConversionType = "WSD"
-    ds.PatientName = ""  # type 2 elements: present but empty, no patient data
-    ds.PatientID = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = (int(s) for s in pixels.shape)
-    ds.BitsAllocated = allocated
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    data = np.ascontiguousarray(pixels, dtype="<u2" if allocated == 16 else np.uint8).tobytes()
-    if len(data) % 2:
-        data += b"\x00"  # DICOM values have even length
-    ds.add_new(0x7FE00010, "OW" if allocated == 16 else "OB", data)
-    return ds
+# --------------------------------------------------------------------------- check
 
 
-def save_image(path: str | Path, pixels: np.ndarray, bits_stored: int | None = None) -> Path:
-    """Write a 2-D grayscale image; the format follows the extension (.png, .pgm, .dcm).
+@dataclass(frozen=True)
+class SiteReport:
+    """What a site folder holds (:func:`inspect_site_folder`); counters count images."""
 
-    ``pixels`` uint8 gives an 8-bit file, uint16 a 16-bit one (PNG mode I;16, PGM
-    maxval 65535, DICOM BitsAllocated 16). ``bits_stored`` is for DICOM only
-    (default 8 for uint8, 16 for uint16; uint16 allows 9..16 and the values must
-    fit). DICOM files are minimal Secondary Capture objects: MONOCHROME2,
-    explicit VR little endian, generated UIDs, no patient data.
+    folder: Path
+    label_counts: dict[str, int]  # class name -> images, in class order (zero for absent classes)
+    sizes: Counter[tuple[int, int]]  # (H, W) as stored
+    bit_depths: Counter[int]
+    photometric: Counter[str]  # DICOM PhotometricInterpretation, or "grayscale" (PNG/PGM)
+    intensity: Counter[str]  # container | voi-lut | window | stored-range
+    formats: Counter[str]
+    problems: tuple[str, ...]  # one message per image that failed, naming the file
+    image_size: int | None = None
+    resize: str = "pad"
+
+    @property
+    def images(self) -> int:
+        """Rows in labels.csv."""
+        return sum(self.label_counts.values())
+
+    def summary(self) -> str:
+        """Human-readable report, one fact per line."""
+
+        def counts(counter: Counter, fmt: Callable[[object], str] = str) -> str:
+            return ", ".join(f"{fmt(k)}: {v}" for k, v in sorted(counter.items())) or "none"
+
+        bad = len(self.problems)
+        lines = [f"{self.folder}: {self.images} images " + ("OK" if not bad else f"({bad} with problems)")]
+        lines.append("  labels: " + ", ".join(f"{k}: {v}" for k, v in self.label_counts.items()))
+        if self.sizes:
+            by_area = sorted(self.sizes, key=lambda hw: (hw[0] * hw[1], hw))
+            common, n = max(self.sizes.items(), key=lambda kv: (kv[1], -kv[0][0] * kv[0][1]))
+            heights, widths = [h for h, _ in self.sizes], [w for _, w in self.sizes]
+            lines.append(
+                f"  sizes (HxW): {len(self.sizes)} distinct; smallest {_hw(by_area[0])}, largest {_hw(by_area[-1])}, "
+                f"most common {_hw(common)} ({n} images); heights {min(heights)}..{max(heights)}, "
+                f"widths {min(widths)}..{max(widths)}"
+            )
+        lines.append("  bit depths: " + counts(self.bit_depths, lambda b: f"{b}-bit"))
+        lines.append("  photometric: " + counts(self.photometric))
+        lines.append("  intensity mapping: " + counts(self.intensity))
+        lines.append("  formats: " + counts(self.formats))
+        if self.image_size:
+            side = self.image_size
+            grow = sum(n for (h, w), n in self.sizes.items() if _side(h, w, self.resize) < side)
+            shrink = sum(n for (h, w), n in self.sizes.items() if _side(h, w, self.resize) > side)
+            same = sum(self.sizes.values()) - grow - shrink
+            lines.append(
+                f"  loads as {side}x{side} ({self.resize} to a square, then resize): "
+                f"{shrink} shrunk, {grow} enlarged, {same} kept"
+            )
+        return "\n".join(lines)
+
+
+def _hw(hw: tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def _side(height: int, width: int, resize: str) -> int:
+    """Side of the square an image becomes before resizing."""
+    return max(height, width) if resize == "pad" else min(height, width)
+
+
+def inspect_site_folder(
+    folder: str | Path,
+    classes: tuple[str, ...] | None = None,
+    bit_depth: int | None = None,
+    image_size: int | None = None,
+    resize: str = "pad",
+) -> SiteReport:
+    """Decode every image of a site folder and report sizes, depths, labels and problems.
+
+    ``classes`` checks the labels against a dataset's class names (``None``: any
+    label is a class). Unlike :func:`load_site_folder`, every image is tried and each
+    failure is collected in ``problems`` (naming the file and the labels.csv line);
+    a missing folder or a bad ``labels.csv`` still raises :class:`DataError`. With
+    ``image_size``, each image is also fitted as a run would (``resize``).
     """
-    path = Path(path)
-    ext = path.suffix.lower().lstrip(".")
-    _check_format(ext)
-    arr = np.asarray(pixels)
-    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"pixels: expected a 2-D uint8 or uint16 array, got {arr.dtype} {arr.shape}")
-    if ext != "dcm":
-        if bits_stored is not None:
-            raise ValueError(f"bits_stored: only used for .dcm files, got {bits_stored!r} for {path}")
-        Image.fromarray(np.ascontiguousarray(arr)).save(path, format=_PIL_FORMAT[ext])
-        return path
-    if arr.dtype == np.uint8:
-        bits = 8 if bits_stored is None else bits_stored
-        if bits != 8:
-            raise ValueError(f"bits_stored: uint8 pixels are stored with 8 bits, got {bits_stored!r}")
-    else:
-        bits = 16 if bits_stored is None else _check_int("bits_stored", bits_stored, 9)
-        if bits > 16:
-            raise ValueError(f"bits_stored: uint16 pixels allow 9..16, got {bits}")
-        if arr.size and int(arr.max()) >= 1 << bits:
-            raise ValueError(f"pixels: maximum {int(arr.max())} does not fit in bits_stored={bits}")
-    _dicom_dataset(arr, bits).save_as(path, enforce_file_format=True)
-    return path
+    if classes is not None:
+        classes = _check_classes(classes)
+    depth = check_bit_depth(bit_depth)
+    size = None if image_size is None else check_int("image_size", image_size, 2)
+    rule = check_resize(resize)
+    folder = _check_folder(folder)
+    rows, names = _read_rows(folder, classes)
+    sizes: Counter[tuple[int, int]] = Counter()
+    depths: Counter[int] = Counter()
+    photometric: Counter[str] = Counter()
+    intensity: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
+    problems: list[str] = []
+    for row in rows:
+        try:
+            image = decode_site_image(row.path, depth)
+            if size is not None:
+                fit_image(image.pixels, size, rule)
+        except DataError as exc:
+            problems.append(f"{exc} (listed in {folder / LABELS_FILE}, {row.where})")
+            continue
+        sizes[image.shape] += 1
+        depths[image.bits] += 1
+        photometric[image.photometric] += 1
+        intensity[image.intensity] += 1
+        formats[row.path.suffix.lower()] += 1
+    label_counts = dict.fromkeys(names, 0)
+    for row in rows:
+        label_counts[names[row.label]] += 1
+    return SiteReport(folder, label_counts, sizes, depths, photometric, intensity, formats, tuple(problems), size, rule)
 
 
 def _site_id(dataset_name: str, index: int, width: int) -> str:
@@ -574,7 +463,7 @@ def write_site_folder(
     (FileExistsError otherwise). Returns the folder. The dataset must have one
     channel; ``indices`` must be non-empty, distinct and in range (ValueError).
     """
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     if not isinstance(dataset, ImageDataset):
         raise ValueError(f"dataset: expected an ImageDataset, got {type(dataset).__name__}")  # noqa: TRY004
     if dataset.image_shape[0] != 1:
@@ -624,10 +513,10 @@ def export_sites(
     # Deferred: keeps this module importable from the package __init__.
     from . import load_dataset
 
-    sites = _check_int("num_sites", num_sites, 1)
-    count = _check_int("per_site", per_site, 1)
-    _check_int("seed", seed, 0)
-    fmt = _check_format(fmt)
+    sites = check_int("num_sites", num_sites, 1)
+    count = check_int("per_site", per_site, 1)
+    check_int("seed", seed, 0)
+    fmt = check_format(fmt)
     train, _ = load_dataset(dataset_name, data_dir, None, seed)
     parts = partition_indices(train.labels.numpy(), sites, partitioner="iid", seed=seed)
     small = [k for k, p in enumerate(parts) if p.size < count]
@@ -640,9 +529,23 @@ def export_sites(
     return [write_site_folder(train, p[:count], out / f"site-{k}", fmt) for k, p in enumerate(parts)]
 
 
+def _check(folder: Path, dataset: str | None, bit_depth: int | None, image_size: int | None, resize: str) -> int:
+    """``check``: print the report; 1 (problems on stderr) if any image failed."""
+    from . import DATASET_CLASSES
+
+    classes = DATASET_CLASSES[dataset] if dataset else None
+    report = inspect_site_folder(folder, classes, bit_depth, image_size, resize)
+    print(report.summary())
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.problems:
+        print(f"error: {len(report.problems)} of {report.images} images in {folder} cannot be loaded", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``export`` writes site folders and prints their paths; ``check``
-    validates a site's folder the way its SuperNode will load it."""
+    reports what a site's folder holds and every problem its SuperNode would hit."""
     parser = argparse.ArgumentParser(
         prog="python -m pgsl_flower.data.site_folder",
         description="Lay out dataset subsets as site folders (labels.csv + images), or check one.",
@@ -656,21 +559,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp.add_argument("--format", default="png", choices=FORMATS, help="image format (default png)")
     exp.add_argument("--seed", default=0, type=int, help="partition seed (default 0)")
     exp.add_argument("--data-dir", default=None, help="data root (default: PGSL_DATA_DIR or ../shared/data)")
-    chk = sub.add_parser("check", help="validate a site folder (what its SuperNode loads)")
+    chk = sub.add_parser("check", help="report what a site folder holds and every problem in it")
     chk.add_argument("folder", type=Path)
-    chk.add_argument("--dataset", required=True, choices=("mnist", "mias", "mias-roi", "breastmnist"),
-                     help="sets the class names")
-    chk.add_argument("--image-size", required=True, type=int, help="the run's image-size (28 for MNIST)")
-    chk.add_argument("--bit-depth", default=8, type=int, choices=BIT_DEPTHS)
+    chk.add_argument("--dataset", default=None, choices=("mnist", "mias", "mias-roi", "breastmnist"),
+                     help="check the labels against this dataset's class names (default: any label)")
+    chk.add_argument("--image-size", default=None, type=int,
+                     help="also fit every image to the run's image-size (28 for MNIST)")
+    chk.add_argument("--bit-depth", default=None, type=int, choices=BIT_DEPTHS,
+                     help="the depth every image must have (the SuperNode's node-config bit-depth; default: any)")
+    chk.add_argument("--resize", default="pad", choices=RESIZE_RULES, help="run-config site-resize (default pad)")
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            from . import DATASET_CLASSES
-
-            site = load_site_folder(args.folder, DATASET_CLASSES[args.dataset], args.image_size, args.bit_depth)
-            counts = ", ".join(f"{name}: {count}" for name, count in site.dataset.class_counts().items())
-            print(f"{args.folder}: {len(site)} images OK ({counts})")
-            return 0
+            return _check(args.folder, args.dataset, args.bit_depth, args.image_size, args.resize)
         folders = export_sites(
             args.dataset, args.sites, args.per_site, args.out,
             fmt=args.format, seed=args.seed, data_dir=args.data_dir,
