@@ -91,6 +91,7 @@ def test_flwr_run_local_simulation(tmp_path):
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39191",
         "FLWR_LOCAL_CONTROL_API_PORT": "39193",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ADDRESS": "local",  # Flower's ray.init() would join a cluster `ray start` left on this machine
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     flwr = Path(sys.executable).with_name("flwr")

@@ -30,7 +30,9 @@ def run(num_clients: int = 2) -> SplitResult:
         server_app=app,
         client_app=build_client_app(config),
         num_supernodes=num_clients,
-        backend_config={"client_resources": {"num_cpus": 1.0}, "init_args": {"include_dashboard": False}},
+        # "address": "local": a private Ray instance, even if `ray start` left a cluster on this machine
+        backend_config={"client_resources": {"num_cpus": 1.0},
+                        "init_args": {"include_dashboard": False, "address": "local"}},
     )
     if not results:
         raise RuntimeError("the ServerApp returned no result; see the log above")
