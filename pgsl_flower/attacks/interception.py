@@ -39,6 +39,7 @@ from pgsl_flower.attacks.scoring import (
     clean_classifier,
     reconstruction_metrics,
 )
+from pgsl_flower.attacks.white_box import WhiteBoxInversion
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import ImageDataset
 from pgsl_flower.defenses import ADVERSARY_OWN_BATCH, batch_seed, make_defense
@@ -83,12 +84,23 @@ class Interceptor:
         return torch.cat([b.smashed for b in self.batches])
 
 
+#: White-box inversion's Adam steps per 'attack-steps' step (default 200 -> 1000 steps).
+WHITE_BOX_STEP_FACTOR = 5
+
+
 def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
     """The attack object for an 'adversary-attacks' name."""
     if name == "decoder":
         return DecoderInversion(epochs=cfg.attack_epochs)
     if name == "gan":
         return GANPriorInversion(train_steps=cfg.gan_steps, steps=cfg.attack_steps)
+    if name == "white-box":
+        # Pixel-space optimisation (784+ free values per image, not a 64-d latent) needs more
+        # steps than the GAN-prior inversion: WHITE_BOX_STEP_FACTOR x 'attack-steps'. The client
+        # part runs in train mode on chunks of 'batch-size' (one victim's full batch each), as
+        # the victims computed the intercepted h.
+        return WhiteBoxInversion(steps=WHITE_BOX_STEP_FACTOR * cfg.attack_steps, seed=cfg.seed,
+                                 client_mode="train", batch_size=cfg.batch_size)
     raise ValueError(f"unknown smashed-data attack {name!r}")
 
 

@@ -1,0 +1,95 @@
+"""White-box inversion (rMLE; He, Zhang and Lee 2019, "Model inversion attacks against
+collaborative inference", ACSAC '19, Section 4.1: regularised maximum likelihood estimation).
+
+In SplitFed every client and the server hold the aggregated client part, so the
+adversary knows its weights. Given intercepted smashed data ``h`` it optimises the
+input itself, with no auxiliary data and no prior beyond total variation::
+
+    x* = argmin_x  MSE(client(prepare_input(x, m)), h) + tv_weight * TV(x)
+
+The image is parametrised as ``x = sigmoid(z)`` (so it stays in [0, 1]) and goes
+through the clients' own pipeline (:func:`pgsl_flower.model.prepare_input`: the
+pixel-unshuffle is exact). The saliency-map channel ``m`` is fixed to zero when the
+protocol leaves it empty (``map_channel_is_zero``); under a pixel-attacked defense
+(PGSL) the adversary does not know the victim's map, so ``m = sigmoid(w)`` is
+optimised as well. A smashed-data release defense (``knowledge.release``, e.g.
+Laplace noise) is *not* applied inside the loop: its noise is random, so the
+attack simply matches the ``h`` it observed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from pgsl_flower.attacks.interface import SmashedDataObservation
+from pgsl_flower.model import ClientNet, prepare_input
+
+CLIENT_MODES = ("eval", "train")
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels (anisotropic TV), per element."""
+    return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+
+
+@dataclass(frozen=True)
+class WhiteBoxInversion:
+    """``steps`` Adam steps (learning rate ``lr``) on each intercepted batch of ``batch_size``.
+
+    ``client_mode``: the client part's mode during the attack. ``"train"`` uses batch
+    statistics, which is how clients compute the smashed data they send during
+    training (the protocol's ``h``), so each batch of ``batch_size`` is inverted
+    jointly; ``"eval"`` uses the running statistics (per-sample, e.g. inference-time ``h``).
+    ``seed``: ``z`` starts at zero (a grey image) plus seeded noise of std ``init_std``.
+    """
+
+    steps: int = 1000
+    lr: float = 0.1
+    tv_weight: float = 1e-3
+    seed: int = 0
+    client_mode: str = "eval"
+    batch_size: int = 64
+    init_std: float = 0.01
+    name: str = "white-box"
+
+    def __post_init__(self) -> None:
+        if self.client_mode not in CLIENT_MODES:
+            raise ValueError(f"client_mode must be one of {CLIENT_MODES}, got {self.client_mode!r}")
+
+    def reconstruct(self, observation: SmashedDataObservation) -> torch.Tensor:
+        knowledge, smashed = observation.knowledge, observation.smashed.detach()
+        client = copy.deepcopy(knowledge.client)  # the caller's model (weights, BN statistics) stays untouched
+        for p in client.parameters():
+            p.requires_grad_(False)
+        client.train(self.client_mode == "train")
+        channels = knowledge.own_images.shape[1]
+        generator = torch.Generator().manual_seed(self.seed)
+        out = [
+            self._invert(client, smashed[i : i + self.batch_size], channels, knowledge.map_channel_is_zero, generator)
+            for i in range(0, len(smashed), self.batch_size)
+        ]
+        return torch.cat(out)
+
+    def _invert(
+        self, client: ClientNet, target: torch.Tensor, channels: int, map_is_zero: bool, generator: torch.Generator
+    ) -> torch.Tensor:
+        m, _, height, width = target.shape
+        z = (self.init_std * torch.randn(m, channels, 2 * height, 2 * width, generator=generator)).requires_grad_(True)
+        params = [z]
+        w = None
+        if not map_is_zero:
+            w = torch.zeros(m, 1, height, width).requires_grad_(True)  # sigmoid(0) = 0.5: an uninformed map
+            params.append(w)
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        for _ in range(self.steps):
+            images = torch.sigmoid(z)
+            saliency = None if w is None else torch.sigmoid(w)
+            loss = F.mse_loss(client(prepare_input(images, saliency)), target) + self.tv_weight * total_variation(images)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return torch.sigmoid(z).detach()
