@@ -210,6 +210,7 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
     cfg = RunConfig(
         num_rounds=2, samples_per_client=400, test_samples=300, local_eval_samples=32, seed=5,
         adversary=0, adversary_images=64, attack_epochs=20, gan_steps=100, attack_steps=30,
+        adversary_attacks="decoder,gan,white-box",
         bn_recalibration="on",  # its moments and calibration smashed data are checked too
     )
     received = tmp_path / "received"
@@ -223,7 +224,9 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
     assert summary["attack_decoder_attacker_accuracy"] > 0.5
     assert 0 <= summary["attack_gan_ssim"] < summary["attack_decoder_ssim"]
     scores = json.loads((tmp_path / "run" / "attacks.json").read_text())["scores"]
-    assert set(scores) == {"decoder", "gan"}  # no defense: the client input is the original
+    assert set(scores) == {"decoder", "gan", "white-box"}  # no defense: the client input is the original
+    # white-box inversion through the client part the adversary holds, no auxiliary data
+    assert scores["white-box"]["psnr"] > 20 and scores["white-box"]["mse"] < 0.01, scores["white-box"]
     assert (tmp_path / "run" / "attack_grid.png").stat().st_size > 10_000
 
     # what the adversary received, and what every client sent: smashed data, gradients, weights and
