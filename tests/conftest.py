@@ -23,13 +23,45 @@ def server_pids() -> set[int]:
     return {int(pid) for pid in out.stdout.split()}
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _lineage(pid: int) -> list[int]:
+    """``pid`` and its ancestors up to init."""
+    chain = []
+    while pid and pid not in chain:
+        chain.append(pid)
+        pid = _parent(pid) or 0
+    return chain
+
+
+def _user_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-u", str(os.getuid())], capture_output=True, text=True)
+    return {int(pid) for pid in out.stdout.split()}
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_servers_left_behind():
-    """Fail the session if tests leave Flower or Ray servers running."""
+    """Fail the session if tests leave Flower or Ray servers running.
+
+    Servers that another job of this user starts meanwhile (a sweep on the same machine)
+    are not the tests': a process descending from one that was already running before the
+    session, outside pytest's own ancestry, is left out.
+    """
     before = server_pids()
+    others = _user_pids() - set(_lineage(os.getpid()))
+
+    def ours(pid: int) -> bool:
+        return not any(p in others for p in _lineage(pid))
+
     yield
     deadline = time.monotonic() + 30  # Ray takes a moment to wind down after shutdown
-    while (left := server_pids() - before) and time.monotonic() < deadline:
+    while (left := {p for p in server_pids() - before if ours(p)}) and time.monotonic() < deadline:
         time.sleep(1)
     assert not left, f"tests left Flower/Ray processes running: {sorted(left)}"
 
