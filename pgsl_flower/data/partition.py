@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,19 +31,24 @@ def _is_int(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
-def _validate(
-    labels: np.ndarray,
-    num_partitions: int,
-    partitioner: str,
-    alpha: float,
-    seed: int,
-    min_partition_size: int,
-    classes_per_partition: int,
-    class_assignment: str,
-    shards_per_partition: int,
-    shard_size: int,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class PartitionSpec:
+    """The arguments of :func:`partition_indices` (hashable: the cache key beside the labels)."""
+
+    num_partitions: int
+    partitioner: str
+    alpha: float
+    seed: int
+    min_partition_size: int
+    classes_per_partition: int
+    class_assignment: str
+    shards_per_partition: int
+    shard_size: int
+
+
+def _validate(labels: np.ndarray, spec: PartitionSpec) -> np.ndarray:
     """Check every argument, raising PartitionError naming it; return labels as int64 1-D."""
+    num_partitions, partitioner, alpha = spec.num_partitions, spec.partitioner, spec.alpha
     arr = np.asarray(labels)
     if arr.ndim != 1:
         raise ValueError(f"labels: expected a 1-D array, got shape {arr.shape}")
@@ -50,12 +56,10 @@ def _validate(
         raise ValueError("labels: expected a non-empty array")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
         raise ValueError(f"labels: expected integer labels, got dtype {arr.dtype}")
-    for name, value in (("num_partitions", num_partitions), ("seed", seed),
-                        ("min_partition_size", min_partition_size),
-                        ("classes_per_partition", classes_per_partition),
-                        ("shards_per_partition", shards_per_partition), ("shard_size", shard_size)):
-        if not _is_int(value):
-            raise PartitionError(name, value, "expected an int")
+    for name in ("num_partitions", "seed", "min_partition_size", "classes_per_partition",
+                 "shards_per_partition", "shard_size"):
+        if not _is_int(getattr(spec, name)):
+            raise PartitionError(name, getattr(spec, name), "expected an int")
     if not 1 <= num_partitions <= arr.size:
         raise PartitionError("num_partitions", num_partitions, f"must be between 1 and len(labels)={arr.size}")
     if partitioner not in PARTITIONERS:
@@ -63,17 +67,17 @@ def _validate(
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
             or not math.isfinite(alpha) or alpha <= 0:
         raise PartitionError("alpha", alpha, "must be a finite number > 0")
-    if seed < 0:
-        raise PartitionError("seed", seed, "must be >= 0")
-    if min_partition_size < 0 or min_partition_size * num_partitions > arr.size:
+    if spec.seed < 0:
+        raise PartitionError("seed", spec.seed, "must be >= 0")
+    if spec.min_partition_size < 0 or spec.min_partition_size * num_partitions > arr.size:
         raise PartitionError(
-            "min_partition_size", min_partition_size,
+            "min_partition_size", spec.min_partition_size,
             f"must be >= 0 and at most len(labels)/num_partitions={arr.size // num_partitions}",
         )
     if partitioner == "pathological":
-        _validate_pathological(arr, num_partitions, classes_per_partition, class_assignment)
+        _validate_pathological(arr, num_partitions, spec.classes_per_partition, spec.class_assignment)
     if partitioner == "shard":
-        _validate_shard(arr.size, num_partitions, shards_per_partition, shard_size)
+        _validate_shard(arr.size, num_partitions, spec.shards_per_partition, spec.shard_size)
     return arr.astype(np.int64, copy=False)
 
 
@@ -133,18 +137,8 @@ def shuffled_order(num_samples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
 
 
-def _make_partitioner(
-    partitioner: str,
-    num_partitions: int,
-    alpha: float,
-    seed: int,
-    min_partition_size: int,
-    classes_per_partition: int,
-    class_assignment: str,
-    shards_per_partition: int,
-    shard_size: int,
-):  # noqa: ANN202 - flwr_datasets is imported lazily
-    """The Flower Datasets partitioner for ``partitioner``."""
+def _make_partitioner(spec: PartitionSpec):  # noqa: ANN202 - flwr_datasets is imported lazily
+    """The Flower Datasets partitioner ``spec.partitioner`` names."""
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         ExponentialPartitioner,
@@ -154,27 +148,28 @@ def _make_partitioner(
         ShardPartitioner,
     )
 
-    if partitioner == "iid":
-        return IidPartitioner(num_partitions=num_partitions)
-    if partitioner == "dirichlet":
+    n = spec.num_partitions
+    if spec.partitioner == "iid":
+        return IidPartitioner(num_partitions=n)
+    if spec.partitioner == "dirichlet":
         return DirichletPartitioner(
-            num_partitions=num_partitions, partition_by="label", alpha=float(alpha),
-            min_partition_size=min_partition_size, self_balancing=False, shuffle=True, seed=seed,
+            num_partitions=n, partition_by="label", alpha=float(spec.alpha),
+            min_partition_size=spec.min_partition_size, self_balancing=False, shuffle=True, seed=spec.seed,
         )
-    if partitioner == "pathological":
+    if spec.partitioner == "pathological":
         return PathologicalPartitioner(
-            num_partitions=num_partitions, partition_by="label", num_classes_per_partition=classes_per_partition,
-            class_assignment_mode=class_assignment, shuffle=False, seed=seed,  # type: ignore[arg-type]
+            num_partitions=n, partition_by="label", num_classes_per_partition=spec.classes_per_partition,
+            class_assignment_mode=spec.class_assignment, shuffle=False, seed=spec.seed,  # type: ignore[arg-type]
         )
-    if partitioner == "shard":
+    if spec.partitioner == "shard":
         return ShardPartitioner(
-            num_partitions=num_partitions, partition_by="label",
-            num_shards_per_partition=shards_per_partition or None, shard_size=shard_size or None,
-            keep_incomplete_shard=False, shuffle=False, seed=seed,
+            num_partitions=n, partition_by="label",
+            num_shards_per_partition=spec.shards_per_partition or None, shard_size=spec.shard_size or None,
+            keep_incomplete_shard=False, shuffle=False, seed=spec.seed,
         )
-    if partitioner == "linear":
-        return LinearPartitioner(num_partitions=num_partitions)
-    return ExponentialPartitioner(num_partitions=num_partitions)
+    if spec.partitioner == "linear":
+        return LinearPartitioner(num_partitions=n)
+    return ExponentialPartitioner(num_partitions=n)
 
 
 #: The argument a failed partitioning is blamed on, per partitioner, and a hint.
@@ -189,18 +184,7 @@ _BLAME = {
 
 
 @functools.lru_cache(maxsize=16)
-def _partition_cached(
-    labels_bytes: bytes,
-    num_partitions: int,
-    partitioner: str,
-    alpha: float,
-    seed: int,
-    min_partition_size: int,
-    classes_per_partition: int,
-    class_assignment: str,
-    shards_per_partition: int,
-    shard_size: int,
-) -> tuple[np.ndarray, ...]:
+def _partition_cached(labels_bytes: bytes, spec: PartitionSpec) -> tuple[np.ndarray, ...]:
     """Compute the partitions (cached on the exact label bytes and arguments)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -210,28 +194,25 @@ def _partition_cached(
     # Shuffle first: IidPartitioner, LinearPartitioner and ExponentialPartitioner take contiguous
     # runs, DirichletPartitioner and PathologicalPartitioner split each class in index order and
     # ShardPartitioner sorts by label (stably): without this the result follows file order.
-    perm = shuffled_order(labels.size, seed)
+    perm = shuffled_order(labels.size, spec.seed)
     table = datasets.Dataset.from_dict({"label": labels[perm], "index": perm})
-    part = _make_partitioner(partitioner, num_partitions, alpha, seed, min_partition_size,
-                             classes_per_partition, class_assignment, shards_per_partition, shard_size)
+    part = _make_partitioner(spec)
     part.dataset = table
     out: list[np.ndarray] = []
     try:
         with warnings.catch_warnings():  # PathologicalPartitioner: classes no partition drew
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)  # pyarrow, inside ShardPartitioner's sort
-            for pid in range(num_partitions):
+            for pid in range(spec.num_partitions):
                 idx = np.sort(np.asarray(part.load_partition(pid)["index"], dtype=np.int64))
                 idx.setflags(write=False)
                 out.append(idx)
     except ValueError as exc:
-        argument, hint = _BLAME[partitioner]
-        value = {"num_partitions": num_partitions, "alpha": alpha, "classes_per_partition": classes_per_partition,
-                 "shards_per_partition": shards_per_partition}[argument]
+        argument, hint = _BLAME[spec.partitioner]
         raise PartitionError(
-            argument, value,
+            argument, getattr(spec, argument),
             f"Flower Datasets' {type(part).__name__} cannot split {labels.size} samples into "
-            f"{num_partitions} partitions ({exc}); {hint}",
+            f"{spec.num_partitions} partitions ({exc}); {hint}",
         ) from exc
     return tuple(out)
 
@@ -271,11 +252,12 @@ def partition_indices(
     reproducible for a seed. Results are cached per (label bytes, arguments); each call returns
     fresh copies. Raises :class:`PartitionError` (a ValueError) naming a bad or impossible argument.
     """
-    arr = _validate(labels, num_partitions, partitioner, alpha, seed, min_partition_size,
-                    classes_per_partition, class_assignment, shards_per_partition, shard_size)
-    parts = _partition_cached(
-        np.ascontiguousarray(arr).tobytes(), int(num_partitions), partitioner,
-        float(alpha), int(seed), int(min_partition_size), int(classes_per_partition), class_assignment,
-        int(shards_per_partition), int(shard_size),
+    spec = PartitionSpec(num_partitions, partitioner, alpha, seed, min_partition_size,
+                         classes_per_partition, class_assignment, shards_per_partition, shard_size)
+    arr = _validate(labels, spec)
+    normalised = PartitionSpec(  # one cache entry whatever int/float types the caller used
+        int(num_partitions), partitioner, float(alpha), int(seed), int(min_partition_size),
+        int(classes_per_partition), class_assignment, int(shards_per_partition), int(shard_size),
     )
+    parts = _partition_cached(np.ascontiguousarray(arr).tobytes(), normalised)
     return [p.copy() for p in parts]
