@@ -12,6 +12,7 @@ processes that share them, so nothing is counted twice), sampled every 0.25 s.
     python benchmarks/scale.py --device cuda           # server step on the GPU
     python benchmarks/scale.py --clients 200 --run-config "defense='pgsl'"
     python benchmarks/scale.py --baseline "max-in-flight=0"   # before/after the in-flight cap
+    python benchmarks/scale.py --clients 10 100 500 1000 --clients-per-round 10   # bounded rounds
 
 Round time is the median over rounds 2.. (round 1 pays Ray's and the data's
 warm-up); samples/s is training samples over training seconds in those rounds.
@@ -36,9 +37,13 @@ from pgsl_flower.experiments.memory import run_with_peak_memory  # noqa: E402
 
 def run_once(num_clients: int, args: argparse.Namespace, workdir: Path, extra: str = "", tag: str = "") -> dict[str, float]:
     run_dir = workdir / f"n{num_clients}{tag}"
+    sampling = f"fraction-train={args.fraction_train}"
+    if args.clients_per_round:  # a bounded round: the same K sampled clients' work at every N
+        per_round = min(args.clients_per_round, num_clients)
+        sampling = f"fraction-train={per_round / num_clients!r} min-train-clients={per_round}"
     config = (
         f"partitioner='dirichlet' alpha={args.alpha} samples-per-client=0 num-rounds={args.rounds} "
-        f"batches-per-round={args.batches_per_round} fraction-train={args.fraction_train} "
+        f"batches-per-round={args.batches_per_round} {sampling} "
         f"test-samples={args.test_samples} local-eval-samples=32 device='{args.device}' "
         f"min-available-clients=1 bn-recalibration='off' {args.run_config} {extra}"
     )
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches-per-round", type=int, default=1)
     parser.add_argument("--fraction-train", type=float, default=1.0)
+    parser.add_argument("--clients-per-round", type=int, default=0,
+                        help="sample this many clients per round at every N (overrides --fraction-train)")
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--test-samples", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
@@ -95,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={num_clients}: {result}", flush=True)
 
     base = results[0]
+    sampled = f"{args.clients_per_round} clients/round" if args.clients_per_round else f"fraction-train {args.fraction_train}"
     print(f"\nscale benchmark ({args.device}, {args.batches_per_round} batches/client/round, "
-          f"fraction-train {args.fraction_train}, median of rounds 2..{args.rounds}):")
+          f"{sampled}, median of rounds 2..{args.rounds}):")
     print(f"{'N':>5} {'sampled':>7} {'round s':>8} {'x':>6} {'samples/s':>10} {'x':>6} {'peak GiB':>9} {'x':>6}")
     for r in results:
         print(f"{r['clients']:>5} {r['sampled']:>7} {r['round_s']:>8.1f} {r['round_s'] / base['round_s']:>6.2f} "
