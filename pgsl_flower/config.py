@@ -32,7 +32,7 @@ CLIENT_NORMS = ("batch", "group")
 #: Defenses whose client input is the intentional pixel attack + saliency channel.
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 #: Reconstruction attacks the adversarial client can run on intercepted smashed data.
-SMASHED_DATA_ATTACKS = ("decoder", "gan", "white-box")
+SMASHED_DATA_ATTACKS = ("decoder", "gan", "white-box", "unsplit")
 #: Experiment trackers a run can write its per-round metrics to (pgsl_flower.tracking).
 TRACKERS = ("none", "tensorboard")
 #: Trackers named in the issue but not installed with this project: refused with a clear message.
@@ -115,7 +115,7 @@ class RunConfig:
     adversary_images: int = 64  # intercepted victim images the adversary reconstructs (final round)
     attack_epochs: int = 20  # decoder-inversion training passes over the adversary's own data
     gan_steps: int = 1500  # DCGAN generator updates on the adversary's own data
-    attack_steps: int = 200  # latent-optimisation steps of the GAN-prior inversion (white-box: 5x, in pixel space)
+    attack_steps: int = 200  # latent-optimisation steps of the GAN-prior inversion (white-box, unsplit: 5x, in pixel space)
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)

@@ -19,7 +19,7 @@ import pytest
 from pgsl_flower.config import ConfigError
 from pgsl_flower.experiments import sweep
 from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
-from pgsl_flower.experiments.sweep_report import matched_utility
+from pgsl_flower.experiments.sweep_report import matched_utility, strongest_attack_names, write_report
 
 SPEC = """
 name = "tiny"
@@ -84,6 +84,8 @@ def test_sweep_runs_resumes_after_a_kill_records_failures_and_reports(tmp_path):
     assert "Table I analog" in report and "Table II analog" in report and "Failed cells" in report
     assert "Privacy at matched utility" in report and "mnist, 3 clients (undefended accuracy" in report
     assert "decoder SSIM" in report and (ok.decoder_ssim == ok.best_attack_ssim).all()  # the only attack run
+    assert (ok.best_attack_by_ssim == "decoder").all() and (ok.best_attack_by_mse == "decoder").all()
+    assert "strongest attack, per metric" in report and "by SSIM, **" in report and "by PSNR, **" in report
     for name in ("accuracy_vs_clients", "privacy_utility", "communication_vs_clients", "round_time_vs_clients",
                  "learning_curves"):
         assert (results / "tiny" / f"mnist_{name}.png").stat().st_size > 1000
@@ -123,7 +125,7 @@ def test_matched_utility_picks_the_most_private_strategy_within_one_point():
         "strategy": ["none"] * 2 + ["noisy"] * 2 + ["close"] * 2 + ["same"] * 2,
         "final_test_accuracy": [0.95, 0.97, 0.80, 0.82, 0.951, 0.951, 0.96, 0.96],
         "best_attack_ssim": [0.9, 0.9, 0.1, 0.1, 0.5, 0.7, 0.8, 0.8],
-        "best_attack_mse": [0.001] * 8,
+        "best_attack_mse": [0.001] * 8, "best_attack_psnr": [30.0] * 8,
     })
     rows = matched_utility(ok, "none")
     assert rows.strategy.tolist() == ["close", "same", "none", "noisy"]  # matched first, by SSIM
@@ -171,3 +173,54 @@ def test_sweep_stays_quiet_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, 
     assert out.count(": ok in ") == len(loaded.cells()) == 4
     sweep.run_sweep(loaded, tmp_path / "results", tmp_path / "runs")  # every cell done: nothing to run
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_strongest_attack_is_chosen_per_metric():
+    # the issue's case: a near-exact reconstruction (low MSE, high PSNR) with a lower SSIM than a blurry one
+    summary = {
+        "attack_decoder_mse": 0.03, "attack_decoder_psnr": 15.2, "attack_decoder_ssim": 0.70,
+        "attack_decoder_attacker_accuracy": 0.90,
+        "attack_white-box_mse": 0.0003, "attack_white-box_psnr": 35.2, "attack_white-box_ssim": 0.60,
+        "attack_white-box_attacker_accuracy": 0.85,
+        "attack_input_mse": 0.0, "attack_input_psnr": 99.0, "attack_input_ssim": 1.0,  # a reference row, no attack
+        "attack_input_attacker_accuracy": 1.0,
+    }
+    best = sweep._best_attack(summary)
+    assert best["best_attack_by_mse"] == best["best_attack_by_psnr"] == "white-box"
+    assert best["best_attack_by_ssim"] == best["best_attack_by_attacker_accuracy"] == best["best_attack"] == "decoder"
+    assert (best["best_attack_mse"], best["best_attack_psnr"], best["best_attack_ssim"]) == (0.0003, 35.2, 0.70)
+    assert best["best_attacker_accuracy"] == 0.90 and best["white-box_psnr"] == 35.2
+    assert "best_attacker_balanced_accuracy" not in best
+
+
+def _scored_runs(**columns) -> pd.DataFrame:
+    base = {"dataset": "mnist", "clients": 5, "fold": -1, "status": "ok", "final_test_balanced_accuracy": 0.9}
+    rows = pd.DataFrame(columns)
+    return rows.assign(**{k: v for k, v in base.items() if k not in rows})
+
+
+def test_the_report_names_the_strongest_attack_per_metric_from_the_per_attack_columns():
+    ok = _scored_runs(strategy=["none", "none", "pgsl", "pgsl"], seed=[1, 2, 1, 2],
+                      decoder_mse=[0.03, 0.03, 0.04, 0.05], **{"white-box_mse": [0.001, 0.002, 0.06, 0.05]},
+                      decoder_ssim=[0.7, 0.7, 0.5, 0.5], **{"white-box_ssim": [0.6, 0.6, 0.2, 0.3]})
+    by_mse, by_ssim = strongest_attack_names(ok, "mse"), strongest_attack_names(ok, "ssim")
+    assert by_mse[("mnist", "none", 5)] == "white-box" and by_mse[("mnist", "pgsl", 5)] == "decoder"
+    assert set(by_ssim) == {"decoder"}
+
+
+def test_matched_utility_claims_name_their_metric(tmp_path):
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(SPEC.replace("clients = [2, 3]", "clients = [3]"))
+    spec = load_spec(spec_path)
+    # laplace and pgsl are both matched; laplace is the more private by SSIM, pgsl by PSNR
+    runs = _scored_runs(
+        strategy=["splitfed", "laplace"], seed=[1, 1], clients=[3, 3], final_test_accuracy=[0.95, 0.945],
+        best_attack_ssim=[0.70, 0.30], best_attack_psnr=[30.0, 32.0], best_attack_mse=[0.001, 0.0008],
+        decoder_ssim=[0.70, 0.30], decoder_psnr=[30.0, 32.0], decoder_mse=[0.001, 0.0008],
+    )
+    (tmp_path / "tiny").mkdir()
+    runs.to_csv(tmp_path / "tiny" / "runs.csv", index=False)
+    report = write_report(spec, tmp_path / "tiny")
+    claim = next(line for line in report.splitlines() if line.startswith("- mnist, 3 clients"))
+    assert "by SSIM, **laplace** (0.300 against 0.700 undefended)" in claim
+    assert "by PSNR, **laplace** (32.00 dB against 30.00 dB undefended: no more private than no defense)" in claim

@@ -39,6 +39,7 @@ from pgsl_flower.attacks.scoring import (
     clean_classifier,
     reconstruction_metrics,
 )
+from pgsl_flower.attacks.unsplit import UnSplit
 from pgsl_flower.attacks.white_box import WhiteBoxInversion
 from pgsl_flower.config import RunConfig
 from pgsl_flower.data import ImageDataset
@@ -84,7 +85,8 @@ class Interceptor:
         return torch.cat([b.smashed for b in self.batches])
 
 
-#: White-box inversion's Adam steps per 'attack-steps' step (default 200 -> 1000 steps).
+#: White-box inversion's Adam steps per 'attack-steps' step (default 200 -> 1000 steps); UnSplit
+#: gets the same budget of optimisation steps, input and clone steps together.
 WHITE_BOX_STEP_FACTOR = 5
 
 
@@ -101,6 +103,11 @@ def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
         # the victims computed the intercepted h.
         return WhiteBoxInversion(steps=WHITE_BOX_STEP_FACTOR * cfg.attack_steps, seed=cfg.seed,
                                  client_mode="train", batch_size=cfg.batch_size)
+    if name == "unsplit":
+        # Same budget as white-box, split between input and clone steps; same train-mode chunks.
+        per_iteration = UnSplit.input_steps + UnSplit.model_steps
+        return UnSplit(iterations=max(1, WHITE_BOX_STEP_FACTOR * cfg.attack_steps // per_iteration), seed=cfg.seed,
+                       client_mode="train", batch_size=cfg.batch_size)
     raise ValueError(f"unknown smashed-data attack {name!r}")
 
 

@@ -36,6 +36,41 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
 
 
+@dataclass
+class CandidateInput:
+    """The adversary's free variables for one batch of smashed data: the image logits ``z``
+    (``x = sigmoid(z)``) and, when the saliency channel is not public, its logits ``w``."""
+
+    z: torch.Tensor
+    w: torch.Tensor | None
+
+    @classmethod
+    def start(
+        cls, target: torch.Tensor, channels: int, map_is_zero: bool, init_std: float, generator: torch.Generator
+    ) -> "CandidateInput":
+        """A grey image (``z`` = 0 plus seeded noise of std ``init_std``) for each of ``target``'s
+        smashed maps (N, 64, H/2, W/2); an uninformed map (sigmoid(0) = 0.5) when it is unknown."""
+        m, _, height, width = target.shape
+        z = (init_std * torch.randn(m, channels, 2 * height, 2 * width, generator=generator)).requires_grad_(True)
+        w = None if map_is_zero else torch.zeros(m, 1, height, width).requires_grad_(True)
+        return cls(z, w)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.z] if self.w is None else [self.z, self.w]
+
+    def images(self) -> torch.Tensor:
+        return torch.sigmoid(self.z)
+
+    def client_input(self) -> torch.Tensor:
+        """What the candidate feeds the client part (:func:`prepare_input`)."""
+        return prepare_input(self.images(), None if self.w is None else torch.sigmoid(self.w))
+
+
+def matching_loss(client: torch.nn.Module, candidate: CandidateInput, target: torch.Tensor, tv_weight: float) -> torch.Tensor:
+    """rMLE objective: ``MSE(client(prepare_input(x, m)), h) + tv_weight * TV(x)``."""
+    return F.mse_loss(client(candidate.client_input()), target) + tv_weight * total_variation(candidate.images())
+
+
 @dataclass(frozen=True)
 class WhiteBoxInversion:
     """``steps`` Adam steps (learning rate ``lr``) on each intercepted batch of ``batch_size``.
@@ -77,19 +112,11 @@ class WhiteBoxInversion:
     def _invert(
         self, client: ClientNet, target: torch.Tensor, channels: int, map_is_zero: bool, generator: torch.Generator
     ) -> torch.Tensor:
-        m, _, height, width = target.shape
-        z = (self.init_std * torch.randn(m, channels, 2 * height, 2 * width, generator=generator)).requires_grad_(True)
-        params = [z]
-        w = None
-        if not map_is_zero:
-            w = torch.zeros(m, 1, height, width).requires_grad_(True)  # sigmoid(0) = 0.5: an uninformed map
-            params.append(w)
-        optimizer = torch.optim.Adam(params, lr=self.lr)
+        candidate = CandidateInput.start(target, channels, map_is_zero, self.init_std, generator)
+        optimizer = torch.optim.Adam(candidate.parameters(), lr=self.lr)
         for _ in range(self.steps):
-            images = torch.sigmoid(z)
-            saliency = None if w is None else torch.sigmoid(w)
-            loss = F.mse_loss(client(prepare_input(images, saliency)), target) + self.tv_weight * total_variation(images)
+            loss = matching_loss(client, candidate, target, self.tv_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return torch.sigmoid(z).detach()
+        return candidate.images().detach()

@@ -1,16 +1,18 @@
 """``results/<sweep>/report.md`` and its plots, rendered from ``runs.csv`` alone.
 
 Tables give mean ± std over seeds (and cross-validation folds) of the finished (``ok``) cells:
-- Table I analog: the strongest attack per dataset, strategy and client count
-  (lowest MSE, highest PSNR / SSIM, accuracy and balanced accuracy of a clean
-  classifier on the reconstructions), then each attack's scores;
+- Table I analog: the strongest attack per dataset, strategy and client count,
+  chosen per metric (lowest MSE, highest PSNR / SSIM, accuracy and balanced
+  accuracy of a clean classifier on the reconstructions), which attack that is
+  for each metric, then each attack's scores;
 - Table II analog: test accuracy, balanced accuracy, macro-F1 and AUROC (and PGSL's
   streams) per dataset, strategy and client count; strategies whose balanced
   accuracy is at chance (a model that predicts one class) are named;
 - privacy at matched utility: per dataset and client count, the defended strategy
-  with the lowest best-attack SSIM among those whose mean utility is within 1
-  point of the undefended strategy's; utility is balanced accuracy on the medical
-  (imbalanced) datasets and accuracy on MNIST;
+  with the lowest strongest-attack SSIM, and the one with the lowest strongest-attack
+  PSNR, among those whose mean utility is within 1 point of the undefended
+  strategy's (each claim names its metric); utility is balanced accuracy on the
+  medical (imbalanced) datasets and accuracy on MNIST;
 - cost: wall time per round, MB up/down per client per round, peak memory.
 
 Plots (PNG, one per dataset): accuracy vs client count per strategy; privacy-
@@ -35,7 +37,15 @@ from pgsl_flower.classification_metrics import report_from_confusion  # noqa: E4
 from pgsl_flower.config import MEDICAL_DATASETS, SMASHED_DATA_ATTACKS  # noqa: E402
 from pgsl_flower.data import DATASET_CLASSES  # noqa: E402
 from pgsl_flower.experiments.curves import load_curves, plot_learning_curves  # noqa: E402
-from pgsl_flower.experiments.sweep import ATTACK_METRICS, COLUMNS, KEY, SweepSpec, load_sweep_runs  # noqa: E402
+from pgsl_flower.experiments.sweep import (  # noqa: E402
+    ATTACK_METRICS,
+    COLUMNS,
+    KEY,
+    NAMED_METRICS,
+    STRONGEST_BY,
+    SweepSpec,
+    load_sweep_runs,
+)
 
 GROUP = ["dataset", "strategy", "clients"]
 #: "Matched utility": mean test utility at most this far below the undefended strategy's.
@@ -60,10 +70,11 @@ def matched_utility(ok: pd.DataFrame, undefended: str, max_drop: float = MATCHED
     """
     ok = ok.assign(utility=[row[utility_column(row.dataset)] for _, row in ok.iterrows()])
     grouped = ok.groupby(GROUP)
-    means = grouped[["utility", "best_attack_ssim", "best_attack_mse"]].mean()
+    means = grouped[["utility", "best_attack_ssim", "best_attack_psnr", "best_attack_mse"]].mean()
     means["utility_std"] = grouped.utility.std().fillna(0.0)
     means = means.reset_index()
-    base = means.loc[means.strategy == undefended, ["dataset", "clients", "utility", "best_attack_ssim"]]
+    base = means.loc[means.strategy == undefended,
+                     ["dataset", "clients", "utility", "best_attack_ssim", "best_attack_psnr"]]
     rows = means.merge(base, on=["dataset", "clients"], suffixes=("", "_undefended"))
     rows["utility_drop"] = rows.utility_undefended - rows.utility
     rows["matched"] = rows.utility_drop <= max_drop + 1e-12
@@ -87,20 +98,21 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
     lines = [(f"## Privacy at matched utility (utility within {MATCHED_ACCURACY_DROP * 100:.0f} point of "
               f"`{undefended[0]}`, the undefended strategy)"), "",
              ("Utility is balanced accuracy on the medical datasets (imbalanced classes) and accuracy on MNIST; "
-              "means over runs. Privacy is the strongest attack's SSIM (lower = more private); MSE for reference. "
+              "means over runs. Privacy is the strongest attack's SSIM and, separately, its PSNR (the strongest "
+              "attack chosen per metric; lower = more private): each claim names its metric, and the two can name "
+              "different defenses. MSE for reference. "
               "A 1-point margin is below the run-to-run spread of many settings (`utility_std`): read "
               "`matched` together with it."), ""]
     chance = {(r.dataset, r.strategy, r.clients) for r in at_chance(ok).itertuples()}
     for (dataset, clients), group in rows.groupby(["dataset", "clients"], sort=True):
         defended = group[(group.strategy != undefended[0]) & group.matched]
-        base_ssim, base_utility = group.best_attack_ssim_undefended.iloc[0], group.utility_undefended.iloc[0]
+        base_utility = group.utility_undefended.iloc[0]
         name = "balanced accuracy" if dataset in MEDICAL_DATASETS else "accuracy"
         if (dataset, undefended[0], clients) in chance:
             best = f"not meaningful: `{undefended[0]}` itself is at chance (it predicts one class)"
         elif len(defended):
-            ssim = defended.best_attack_ssim.iloc[0]
-            best = (f"**{defended.strategy.iloc[0]}**, SSIM {ssim:.3f} against {base_ssim:.3f} undefended"
-                    + ("" if ssim < base_ssim else ": no more private than no defense"))
+            best = "; ".join(_most_private(defended, metric, group[f"best_attack_{metric}_undefended"].iloc[0])
+                             for metric in ("ssim", "psnr"))
         else:
             best = f"none: no defense keeps {name} within the margin"
         lines.append(f"- {dataset}, {clients} clients (undefended {name} {base_utility * 100:.2f} %): "
@@ -108,9 +120,38 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
     table = rows.assign(
         utility=(rows.utility * 100).round(2), utility_std=(rows.utility_std * 100).round(2),
         drop_points=(rows.utility_drop * 100).round(2),
-        ssim=rows.best_attack_ssim.round(3), mse=rows.best_attack_mse.round(4),
-    )[["dataset", "clients", "strategy", "utility", "utility_std", "drop_points", "matched", "ssim", "mse"]]
+        ssim=rows.best_attack_ssim.round(3), psnr=rows.best_attack_psnr.round(2), mse=rows.best_attack_mse.round(4),
+    )[["dataset", "clients", "strategy", "utility", "utility_std", "drop_points", "matched", "ssim", "psnr", "mse"]]
     return [*lines, "", _markdown(table), ""]
+
+
+def _most_private(defended: pd.DataFrame, metric: str, undefended: float) -> str:
+    """The matched defended strategy whose strongest attack scores lowest on ``metric`` (SSIM or
+    PSNR: lower = more private), against the undefended value."""
+    row = defended.loc[defended[f"best_attack_{metric}"].idxmin()]
+    value, label, digits = row[f"best_attack_{metric}"], "SSIM" if metric == "ssim" else "PSNR", 3 if metric == "ssim" else 2
+    unit = "" if metric == "ssim" else " dB"
+    return (f"by {label}, **{row.strategy}** ({value:.{digits}f}{unit} against {undefended:.{digits}f}{unit} undefended"
+            + (")" if value < undefended else ": no more private than no defense)"))
+
+
+def strongest_attack_names(ok: pd.DataFrame, metric: str) -> pd.Series:
+    """Per dataset, strategy and client count: the attack whose mean ``metric`` over runs is the
+    strongest (:data:`STRONGEST_BY`), from the per-attack columns (so older ``runs.csv`` files work)."""
+    attacks = [a for a in SMASHED_DATA_ATTACKS if f"{a}_{metric}" in ok and ok[f"{a}_{metric}"].notna().any()]
+    means = ok.groupby(GROUP)[[f"{a}_{metric}" for a in attacks]].mean()
+
+    def pick(row: pd.Series) -> str:
+        scored = {a: row[f"{a}_{metric}"] for a in attacks if pd.notna(row[f"{a}_{metric}"])}
+        return STRONGEST_BY[metric](scored, key=scored.__getitem__) if scored else ""
+
+    return means.apply(pick, axis=1)
+
+
+def _strongest_attacks(ok: pd.DataFrame) -> str:
+    labels = {"mse": "by MSE", "psnr": "by PSNR", "ssim": "by SSIM", "attacker_accuracy": "by attacker accuracy"}
+    table = pd.DataFrame({labels[m]: strongest_attack_names(ok, m) for m in NAMED_METRICS})
+    return _markdown(table.reset_index())
 
 
 def _pooled_section(ok: pd.DataFrame) -> list[str]:
@@ -247,6 +288,10 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                       for metric, (label, scale, digits) in zip(ATTACK_METRICS, (
                           ("MSE", 1.0, 4), ("PSNR dB", 1.0, 2), ("SSIM", 1.0, 3), ("attacker acc %", 100.0, 1),
                           ("attacker bal. acc %", 100.0, 1)), strict=True)}
+        lines += ["### Which attack is the strongest, per metric", "",
+                  "Each column is the strongest attack for that metric (mean over runs): the Table I values above "
+                  "take, per run and per metric, the attack that scores strongest on it, so one row can mix attacks.",
+                  "", _strongest_attacks(ok), ""]
         lines += ["### Each attack", "", _table(ok, per_attack), ""]
     if not ok.empty:
         lines += ["## Table II analog: test scores %", "",
