@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from pgsl_flower.config import ConfigError
-from pgsl_flower.experiments import sweep
+from pgsl_flower.experiments import cells, sweep
 from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
 from pgsl_flower.experiments.sweep_report import matched_utility, strongest_attack_names, write_report
 
@@ -224,3 +224,23 @@ def test_matched_utility_claims_name_their_metric(tmp_path):
     claim = next(line for line in report.splitlines() if line.startswith("- mnist, 3 clients"))
     assert "by SSIM, **laplace** (0.300 against 0.700 undefended)" in claim
     assert "by PSNR, **laplace** (32.00 dB against 30.00 dB undefended: no more private than no defense)" in claim
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot be written")
+
+
+def test_a_write_that_fails_midway_keeps_the_previous_runs_csv(tmp_path):
+    path = tmp_path / "runs.csv"
+    columns = ("seed", "status", "value", "wall_seconds", "error")
+    runs = pd.DataFrame({"seed": range(1000), "status": "ok", "value": 0.5, "wall_seconds": 1.0, "error": ""})
+    runs = cells.run_cell(runs, {"seed": 5}, lambda: {"value": 1 / 0}, path, columns)  # cell 5 failed: retried
+    before = path.read_bytes()
+    # the retried cell's row cannot be written: the rewrite fails after the other rows are out
+    with pytest.raises(RuntimeError, match="cannot be written"):
+        cells.run_cell(runs, {"seed": 5}, lambda: {"value": _Unprintable()}, path, columns)
+    assert path.read_bytes() == before  # a plain to_csv(path) leaves the file without cell 5 (checked)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]  # no temporary file left behind
+    kept = pd.read_csv(path)
+    assert len(kept) == 1000 and kept.set_index("seed").status[5] == "failed"

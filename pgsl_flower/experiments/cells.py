@@ -3,12 +3,14 @@
 A cell is identified by its key columns (e.g. dataset, defense, seed). A cell
 whose row has ``status == "ok"`` is skipped on the next run; a failed cell is
 recorded with its error (and retried next time) without stopping the others.
-The CSV is rewritten after every cell, so an interruption loses at most the
-cell in progress.
+The CSV is rewritten after every cell, atomically (temporary file, then
+rename), so an interruption, even mid-write, loses at most the cell in progress.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +53,19 @@ def run_cell(
     row["wall_seconds"] = round(time.perf_counter() - started, 1)
     runs = pd.concat([runs[~_selector(runs, key)], pd.DataFrame([row])], ignore_index=True)
     runs = runs.reindex(columns=list(columns))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(path, index=False)
+    write_csv_atomically(runs, path)
     return runs
+
+
+def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """``frame.to_csv(path)`` through a temporary file in the same folder and a rename: a reader (or a
+    kill) in the middle sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            frame.to_csv(stream, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
