@@ -121,18 +121,24 @@ def aux_pool(cfg: RunConfig, num_samples: int) -> np.ndarray:
     return reserved_indices(num_samples, cfg.seed, size)
 
 
-@lru_cache(maxsize=4)
-def aux_data(cfg: RunConfig, salt: int) -> LocalData:
-    """The adversary's auxiliary images: 'adversary-aux-samples' drawn (seeded by the run's seed,
-    whatever the client count) from :func:`aux_pool`, all in the training split, through the
-    client-side pipeline a client would apply (PGSL: a pixel attack whose surrogate is seeded by
-    ``salt`` and trained on these images)."""
-    train, _ = load_datasets(cfg)
-    pool = aux_pool(cfg, len(train))
+def aux_indices(cfg: RunConfig, num_samples: int) -> np.ndarray:
+    """The 'adversary-aux-samples' training-set indices the adversary learns from: drawn from
+    :func:`aux_pool` by a permutation seeded by the run's seed alone (any client count, any role)."""
+    pool = aux_pool(cfg, num_samples)
     if not pool.size:
         raise ConfigError("run-config 'adversary-aux-samples' = 0: there is no auxiliary pool")
-    drawn = cfg.replace(samples_per_client=cfg.adversary_aux_samples, holdout_fraction=0.0)
-    return _split(drawn, train, pool, salt, [cfg.seed, _AUX_SALT], "the auxiliary pool")
+    return np.random.default_rng([cfg.seed, _AUX_SALT]).permutation(pool)[: cfg.adversary_aux_samples]
+
+
+@lru_cache(maxsize=4)
+def aux_data(cfg: RunConfig, salt: int) -> LocalData:
+    """The adversary's auxiliary images (:func:`aux_indices`), all in the training split, through
+    the client-side pipeline a client would apply (PGSL: a pixel attack whose surrogate is seeded
+    by ``salt`` and trained on these images)."""
+    train, _ = load_datasets(cfg)
+    indices = aux_indices(cfg, len(train))
+    kept = cfg.replace(samples_per_client=0, holdout_fraction=0.0)
+    return _split(kept, train, indices, salt, [cfg.seed, _AUX_SALT], "the auxiliary pool")
 
 
 def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
