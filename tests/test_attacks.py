@@ -271,7 +271,7 @@ def test_server_adversary_attacks_every_client_and_no_raw_image_crosses(tmp_path
     adversary under role 'client'); the attacks run in the ServerApp, so no query.attack message
     is sent; no client receives or sends a raw image; the decoder learns from the auxiliary pool."""
     cfg = RunConfig(
-        num_rounds=1, samples_per_client=200, batch_size=16, test_samples=100, local_eval_samples=16, seed=3,
+        num_rounds=1, samples_per_client=100, batch_size=16, test_samples=64, local_eval_samples=16, seed=3,
         adversary=0, adversary_role="server", adversary_images=48, adversary_attacks="white-box,decoder",
         adversary_aux_samples=256, attack_epochs=5, attack_steps=20,
     )
