@@ -116,7 +116,7 @@ class RunConfig:
     surrogate_epochs: int = 1  # passes to train each client's saliency surrogate
     adversary: int = -1  # partition id of the adversarial client (-1: none); role 'server': >= 0 turns the attack on
     adversary_role: str = "client"  # client (partition 'adversary') | server (sees every client's smashed data)
-    adversary_aux_samples: int = 0  # > 0: the adversary's images, from a pool withheld from every client (0: own partition)
+    adversary_aux_samples: int = 0  # > 0: adversary images from a pool withheld from every client (0: own partition)
     adversary_attacks: str = "decoder,gan"  # comma-separated, from SMASHED_DATA_ATTACKS
     adversary_images: int = 64  # intercepted victim images the adversary reconstructs (final round)
     attack_epochs: int = 20  # decoder-inversion training passes over the adversary's own data
