@@ -391,10 +391,11 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
         """Only the configured adversarial client answers: reconstruct intercepted smashed data."""
         from pgsl_flower.attacks.interception import reconstruct_intercepted
 
-        if client.partition_id != client.cfg.adversary:
+        if client.partition_id != client.cfg.adversary or client.cfg.adversary_role != "client":
             raise PermissionError(
-                f"partition {client.partition_id} is not the adversarial client "
-                f"(run-config 'adversary' = {client.cfg.adversary}); honest clients refuse query.attack"
+                f"partition {client.partition_id} is not the adversarial client (run-config 'adversary' = "
+                f"{client.cfg.adversary}, 'adversary-role' = {client.cfg.adversary_role!r}); honest clients "
+                "refuse query.attack"
             )
         content = message.content
         client.load_weights(protocol.require_record(content, protocol.CLIENT_WEIGHTS, ArrayRecord))
@@ -407,7 +408,10 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
             shape=(None, CONV_CHANNELS, *(side // 2 for side in client.data.train_images.shape[-2:])),
             max_bytes=client.cfg.max_payload_bytes,
         )
-        reconstructions = reconstruct_intercepted(client.cfg, client.data, client.model, smashed)
+        reconstructions = reconstruct_intercepted(
+            client.cfg, client.data, client.model, smashed, client.partition_id,
+            tuple(client.data.train_images.shape[1:]),
+        )
         return RecordDict({protocol.RECONSTRUCTIONS: ArrayRecord(
             {name: protocol.tensor_to_array(images) for name, images in reconstructions.items()}
         )})

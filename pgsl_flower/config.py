@@ -33,6 +33,10 @@ CLIENT_NORMS = ("batch", "group")
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 #: Reconstruction attacks the adversarial client can run on intercepted smashed data.
 SMASHED_DATA_ATTACKS = ("decoder", "gan", "white-box", "unsplit")
+#: Who the honest-but-curious adversary is (run-config 'adversary-role'): a client or the server.
+ADVERSARY_ROLES = ("client", "server")
+#: Attacks that learn from auxiliary images (the server has none of its own).
+AUX_DATA_ATTACKS = ("decoder", "gan")
 #: Experiment trackers a run can write its per-round metrics to (pgsl_flower.tracking).
 TRACKERS = ("none", "tensorboard")
 #: Trackers named in the issue but not installed with this project: refused with a clear message.
@@ -110,7 +114,9 @@ class RunConfig:
     attack_pixels: int = 10  # k pixels changed by the intentional pixel attack
     attack_theta: float = 0.5  # how much each attacked pixel is raised
     surrogate_epochs: int = 1  # passes to train each client's saliency surrogate
-    adversary: int = -1  # partition id of the adversarial client (-1: none)
+    adversary: int = -1  # partition id of the adversarial client (-1: none); role 'server': >= 0 turns the attack on
+    adversary_role: str = "client"  # client (partition 'adversary') | server (sees every client's smashed data)
+    adversary_aux_samples: int = 0  # > 0: adversary images from a pool withheld from every client (0: own partition)
     adversary_attacks: str = "decoder,gan"  # comma-separated, from SMASHED_DATA_ATTACKS
     adversary_images: int = 64  # intercepted victim images the adversary reconstructs (final round)
     attack_epochs: int = 20  # decoder-inversion training passes over the adversary's own data
@@ -162,6 +168,7 @@ class RunConfig:
             ("surrogate-epochs", 1),
             ("adversary", -1),
             ("adversary-images", 1),
+            ("adversary-aux-samples", 0),
             ("attack-epochs", 1),
             ("attack-steps", 1),
             ("gan-steps", 1),
@@ -200,6 +207,13 @@ class RunConfig:
             _check_choice("adversary-attacks", name, SMASHED_DATA_ATTACKS)
         if not self.attack_names:
             raise ConfigError("run-config 'adversary-attacks' must name at least one attack")
+        _check_choice("adversary-role", self.adversary_role, ADVERSARY_ROLES)
+        needs_aux = [name for name in self.attack_names if name in AUX_DATA_ATTACKS]
+        if self.adversary >= 0 and self.adversary_role == "server" and needs_aux and not self.adversary_aux_samples:
+            raise ConfigError(
+                f"run-config 'adversary-role' = 'server' with attacks {needs_aux} needs 'adversary-aux-samples' > 0 "
+                "(the server holds no images of its own; 'white-box' needs none), got 'adversary-aux-samples' = 0"
+            )
         if self.adversary >= 0 and self.schedule != "splitfed":
             raise ConfigError(
                 "run-config 'adversary' needs schedule 'splitfed' (the adversary attacks with the "

@@ -24,6 +24,7 @@ from pgsl_flower.data import (
     load_dataset,
     partition_indices,
 )
+from pgsl_flower.data.partition import reserved_indices
 from pgsl_flower.data.site_folder import load_site_folder
 from pgsl_flower.model import prepare_input
 from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
@@ -97,20 +98,63 @@ def local_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> LocalD
     return _split(cfg, train, parts[partition_id], partition_id, [cfg.seed, partition_id, num_partitions], where)
 
 
+#: Share of the training set reserved as the adversary's auxiliary pool whenever run-config
+#: 'adversary-aux-samples' > 0 (MNIST: 6,000 images); withheld from every client's partition.
+AUX_POOL_FRACTION = 0.1
+_AUX_SALT = 104_729
+
+
+def aux_pool(cfg: RunConfig, num_samples: int) -> np.ndarray:
+    """Training-set indices of the adversary's auxiliary pool (empty when 'adversary-aux-samples'
+    is 0): a seeded slice fixed by the run's seed alone, the same for every client count.
+
+    Raises :class:`ConfigError` when 'adversary-aux-samples' exceeds the pool.
+    """
+    if not cfg.adversary_aux_samples:
+        return np.zeros(0, dtype=np.int64)
+    size = int(num_samples * AUX_POOL_FRACTION)
+    if cfg.adversary_aux_samples > size:
+        raise ConfigError(
+            f"run-config 'adversary-aux-samples' = {cfg.adversary_aux_samples} is more than the auxiliary pool: "
+            f"{size} images ({AUX_POOL_FRACTION:.0%} of the {num_samples} {cfg.dataset} training images)"
+        )
+    return reserved_indices(num_samples, cfg.seed, size)
+
+
+def aux_indices(cfg: RunConfig, num_samples: int) -> np.ndarray:
+    """The 'adversary-aux-samples' training-set indices the adversary learns from: drawn from
+    :func:`aux_pool` by a permutation seeded by the run's seed alone (any client count, any role)."""
+    pool = aux_pool(cfg, num_samples)
+    if not pool.size:
+        raise ConfigError("run-config 'adversary-aux-samples' = 0: there is no auxiliary pool")
+    return np.random.default_rng([cfg.seed, _AUX_SALT]).permutation(pool)[: cfg.adversary_aux_samples]
+
+
+@lru_cache(maxsize=4)
+def aux_data(cfg: RunConfig, salt: int) -> LocalData:
+    """The adversary's auxiliary images (:func:`aux_indices`), all in the training split, through
+    the client-side pipeline a client would apply (PGSL: a pixel attack whose surrogate is seeded
+    by ``salt`` and trained on these images)."""
+    train, _ = load_datasets(cfg)
+    indices = aux_indices(cfg, len(train))
+    kept = cfg.replace(samples_per_client=0, holdout_fraction=0.0)
+    return _split(kept, train, indices, salt, [cfg.seed, _AUX_SALT], "the auxiliary pool")
 
 
 def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
-    """Indices of each client's partition of ``labels`` (run-config 'partitioner' and its keys).
+    """Indices of each client's partition of ``labels`` (run-config 'partitioner' and its keys),
+    the auxiliary pool (:func:`aux_pool`) left out.
 
     An impossible combination (e.g. 'classes-per-partition' above the classes present, shards
     that do not fit the training set for this client count) raises :class:`ConfigError` naming
     the key and its value.
     """
+    reserve = aux_pool(cfg, labels.size).size  # the adversary's auxiliary pool is in no partition
     try:
         return partition_indices(
             labels, num_partitions, partitioner=cfg.partitioner, alpha=cfg.alpha, seed=cfg.seed,
             classes_per_partition=cfg.classes_per_partition, class_assignment=cfg.class_assignment,
-            shards_per_partition=cfg.shards_per_partition, shard_size=cfg.shard_size,
+            shards_per_partition=cfg.shards_per_partition, shard_size=cfg.shard_size, reserve=reserve,
         )
     except PartitionError as exc:
         what = "num-clients" if exc.argument == "num_partitions" else f"run-config '{exc.argument.replace('_', '-')}'"

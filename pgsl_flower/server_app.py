@@ -20,7 +20,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from pgsl_flower import checkpoint, protocol
-from pgsl_flower.attacks.interception import Interceptor, ground_truth, score_reconstructions, write_attack_outputs
+from pgsl_flower.attacks.interception import (
+    Interceptor,
+    ground_truth,
+    score_reconstructions,
+    server_reconstructions,
+    write_attack_outputs,
+)
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.data import ImageDataset
 from pgsl_flower.defenses import HARNESS_PARTITION, batch_seed, make_defense
@@ -317,9 +323,14 @@ def _restore(saved: dict, server: ServerModel | PGSLServerModel, trainer: SplitT
 
 
 def _interceptor(cfg: RunConfig, trainer: SplitTrainer) -> Interceptor | None:
-    """The network tap for the adversarial client, if run-config 'adversary' names one."""
+    """The network tap, if run-config 'adversary' names an adversarial client or ('adversary-role'
+    = 'server', 'adversary' >= 0) the server is the adversary: then every client is a victim."""
     if cfg.adversary < 0:
         return None
+    if cfg.adversary_role == "server":
+        interceptor = Interceptor(None, cfg.adversary_images)
+        trainer.tap = interceptor
+        return interceptor
     node = next((n for n, p in trainer.partitions.items() if p == cfg.adversary), None)
     if node is None:
         raise RuntimeError(f"run-config 'adversary' = {cfg.adversary}: no connected client has that partition id")
@@ -332,22 +343,27 @@ def _run_adversary(
     cfg: RunConfig, trainer: SplitTrainer, interceptor: Interceptor, round_weights: dict[str, torch.Tensor],
     train_set: ImageDataset, run_dir: Path, num_partitions: int,
 ) -> dict[str, float]:
-    """Send the intercepted smashed data to the adversarial client, score its reconstructions."""
+    """Send the intercepted smashed data to the adversarial client (role 'server': attack here, in
+    the ServerApp), score the reconstructions."""
     if not interceptor.batches:
         log(WARNING, "adversary: nothing was intercepted in the final round (no other client trained)")
         return {}
     started = time.perf_counter()
     smashed = interceptor.smashed()
+    image_shape = tuple(train_set.images.shape[1:])
     try:
-        reconstructions = trainer.request_attack(
-            interceptor.adversary_node, smashed, round_weights, tuple(train_set.images.shape[1:]), cfg.attack_names
-        )
+        if interceptor.adversary_node is None:
+            reconstructions = server_reconstructions(cfg, smashed, round_weights, image_shape)
+        else:
+            reconstructions = trainer.request_attack(
+                interceptor.adversary_node, smashed, round_weights, image_shape, cfg.attack_names
+            )
         truth = ground_truth(cfg, interceptor.batches, trainer.partitions, num_partitions, round_weights)
     except (RuntimeError, protocol.PayloadError) as err:  # the trained model is kept; the attack is reported failed
         log(WARNING, "adversary: attack failed: %s", err)
         return {"attack_error": str(err)}
     scores = score_reconstructions(reconstructions, truth, train_set, cfg.seed, balanced=cfg.medical)
-    write_attack_outputs(run_dir, reconstructions, truth, scores)
+    write_attack_outputs(run_dir, reconstructions, truth, scores, cfg.adversary_role)
     for name, values in scores.items():
         log(INFO, "adversary %s on %d images: MSE %.4f PSNR %.2f dB SSIM %.4f clean-classifier acc %.3f (balanced %.3f)",
             name, len(truth.labels), values["mse"], values["psnr"], values["ssim"], values["attacker_accuracy"],

@@ -37,7 +37,7 @@ def preflight(cfg: RunConfig, num_clients: int) -> None:
             f"num-clients ({num_clients}) is below run-config 'min-available-clients' "
             f"({cfg.min_available_clients})"
         )
-    if cfg.adversary >= num_clients or (cfg.adversary >= 0 and num_clients < 2):
+    if cfg.adversary_role == "client" and (cfg.adversary >= num_clients or (cfg.adversary >= 0 and num_clients < 2)):
         raise ConfigError(
             f"run-config 'adversary' = {cfg.adversary} must be a partition id below num-clients "
             f"({num_clients}), with at least one other client to attack"

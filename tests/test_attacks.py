@@ -21,12 +21,13 @@ from pgsl_flower.attacks.gradient_matching import (
     idlg_label,
     observe_gradients,
 )
+from pgsl_flower.attacks.interception import SERVER_ADVERSARY
 from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation, smashed_in_batches
 from pgsl_flower.attacks.scoring import reconstruction_metrics
 from pgsl_flower.client_app import build_client_app
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
 from pgsl_flower.data import load_dataset
-from pgsl_flower.local_data import local_data
+from pgsl_flower.local_data import AUX_POOL_FRACTION, aux_data, aux_indices, aux_pool, client_partitions, local_data
 from pgsl_flower.model import ClientNet, SplitNet, make_optimizer, prepare_input
 from pgsl_flower.simulation import simulate
 
@@ -189,13 +190,13 @@ def _save_arrays(path, message: Message) -> None:  # noqa: ANN001
     np.savez(path, **arrays)
 
 
-def _recording_mod(folder):
-    """Saves every array the adversarial client (partition 0) receives, and every array any client
-    sends back (``reply-*``)."""
+def _recording_mod(folder, partitions=(0,)):  # noqa: ANN001
+    """Saves every array the clients of ``partitions`` (default: the adversarial client, 0) receive,
+    and every array any client sends back (``reply-*``)."""
 
     def mod(message: Message, context: Context, call_next):  # noqa: ANN001
         name = f"{message.metadata.message_type}-{message.metadata.message_id}.npz"
-        if int(context.node_config["partition-id"]) == 0:
+        if int(context.node_config["partition-id"]) in partitions:
             _save_arrays(folder / name, message)
         reply = call_next(message, context)
         if not reply.has_error():
@@ -203,6 +204,31 @@ def _recording_mod(folder):
         return reply
 
     return mod
+
+
+def _assert_no_raw_images(files, cfg: RunConfig, num_clients: int) -> None:  # noqa: ANN001
+    """No recorded array holds a client's raw training image (uint8 or [0, 1] float) or is
+    image-shaped, except the adversarial client's reconstructions (checked for raw images too)."""
+    victims = [local_data(cfg, p, num_clients) for p in range(num_clients)]
+    image_hashes = {
+        hashlib.sha256(img.numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
+    } | {
+        hashlib.sha256((img.float() / 255).numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
+    }
+    replies = {f.name.split("-")[1] for f in files if f.name.startswith("reply-")}
+    assert {protocol.QUERY_BN_STATS, protocol.QUERY_BN_SMASHED, protocol.TRAIN_STEP} <= replies
+    for path in files:
+        # the adversary's reply holds its reconstructions (image-shaped by design, scored by the
+        # harness); they are still checked below not to be any client's raw image
+        is_attack_reply = path.name.startswith(f"reply-{protocol.QUERY_ATTACK}")
+        for key, array in np.load(path).items():
+            if not is_attack_reply:
+                assert tuple(array.shape[-3:]) != (1, 28, 28), f"{path.name}:{key} has an image's shape"
+            flat = array.reshape(-1)
+            if flat.size % 784 == 0:
+                for block in flat.reshape(-1, 784):
+                    for candidate in (block, block.astype(np.uint8)):
+                        assert hashlib.sha256(candidate.tobytes()).hexdigest() not in image_hashes
 
 
 @pytest.mark.slow
@@ -231,28 +257,78 @@ def test_adversarial_client_reconstructs_and_never_receives_raw_images(tmp_path)
 
     # what the adversary received, and what every client sent: smashed data, gradients, weights and
     # BatchNorm moments, never an image
-    victims = [local_data(cfg, p, 3) for p in (0, 1, 2)]
-    image_hashes = {
-        hashlib.sha256(img.numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
-    } | {
-        hashlib.sha256((img.float() / 255).numpy().tobytes()).hexdigest() for v in victims for img in v.train_images
-    }
     files = sorted(received.iterdir())
     attack_messages = [f for f in files if f.name.startswith(protocol.QUERY_ATTACK)]
     assert len(attack_messages) == 1 and len(files) > 10
-    replies = {f.name.split("-")[1] for f in files if f.name.startswith("reply-")}
-    assert {protocol.QUERY_BN_STATS, protocol.QUERY_BN_SMASHED, protocol.TRAIN_STEP} <= replies
-    for path in files:
-        # the adversary's reply holds its reconstructions (image-shaped by design, scored by the
-        # harness); they are still checked below not to be any client's raw image
-        is_attack_reply = path.name.startswith(f"reply-{protocol.QUERY_ATTACK}")
-        for key, array in np.load(path).items():
-            if not is_attack_reply:
-                assert tuple(array.shape[-3:]) != (1, 28, 28), f"{path.name}:{key} has an image's shape"
-            flat = array.reshape(-1)
-            if flat.size % 784 == 0:
-                for block in flat.reshape(-1, 784):
-                    for candidate in (block, block.astype(np.uint8)):
-                        assert hashlib.sha256(candidate.tobytes()).hexdigest() not in image_hashes
+    _assert_no_raw_images(files, cfg, 3)
     intercepted = np.load(attack_messages[0])
     assert intercepted[f"{protocol.INTERCEPTED}__h"].shape == (64, 64, 14, 14)
+
+
+@pytest.mark.slow
+def test_server_adversary_attacks_every_client_and_no_raw_image_crosses(tmp_path):
+    """adversary-role = 'server': the tap keeps a batch of every client, partition 0 included (the
+    adversary under role 'client'); the attacks run in the ServerApp, so no query.attack message
+    is sent; no client receives or sends a raw image; the decoder learns from the auxiliary pool."""
+    cfg = RunConfig(
+        num_rounds=1, samples_per_client=100, batch_size=16, test_samples=64, local_eval_samples=16, seed=3,
+        adversary=0, adversary_role="server", adversary_images=48, adversary_attacks="white-box,decoder",
+        adversary_aux_samples=256, attack_epochs=5, attack_steps=20,
+    )
+    received = tmp_path / "received"
+    received.mkdir()
+    recorder = _recording_mod(received, partitions=(0, 1, 2))
+    summary = simulate(cfg, 3, run_dir=tmp_path / "run", client_app=build_client_app(cfg, mods=[recorder]))
+
+    attacks = json.loads((tmp_path / "run" / "attacks.json").read_text())
+    assert attacks["role"] == "server" and attacks["images"] == 48 == summary["attack_images"]
+    assert set(attacks["victims"]) == {"0", "1", "2"}, attacks["victims"]  # partition 0 is a victim too
+    assert all(victim["images"] == 16 for victim in attacks["victims"].values())
+    for victim in attacks["victims"].values():
+        assert set(victim["scores"]) == {"white-box", "decoder"}
+        assert victim["scores"]["white-box"]["mse"] < 0.1
+    assert set(attacks["scores"]) == {"white-box", "decoder"}
+    assert math.isfinite(summary["attack_white-box_psnr"]) and math.isfinite(summary["attack_decoder_psnr"])
+    files = sorted(received.iterdir())
+    assert not [f for f in files if protocol.QUERY_ATTACK in f.name]  # the attack never left the server
+    _assert_no_raw_images(files, cfg, 3)
+
+
+def test_aux_pool_is_withheld_from_every_partition_and_fixed_across_client_counts(mnist):
+    """adversary-aux-samples > 0: the pool (10 % of the training set) is in no client's partition
+    for 2 or 10 clients, and the adversary's images drawn from it do not depend on the client count."""
+    labels = mnist[0].labels.numpy()
+    cfg = RunConfig(adversary_aux_samples=300, seed=7)
+    pool = aux_pool(cfg, labels.size)
+    assert pool.size == int(labels.size * AUX_POOL_FRACTION) and np.unique(pool).size == pool.size
+    drawn = aux_indices(cfg, labels.size)
+    assert drawn.size == 300 and np.isin(drawn, pool).all()
+    for clients in (2, 10):
+        parts = client_partitions(cfg, labels, clients)
+        held = np.concatenate(parts)
+        assert np.intersect1d(held, pool).size == 0, f"{clients} clients: a partition holds pool images"
+        assert held.size + pool.size == labels.size  # iid: every other index is a client's
+        again = cfg.replace(partitioner="dirichlet", alpha=0.3)
+        assert np.intersect1d(np.concatenate(client_partitions(again, labels, clients)), pool).size == 0
+    assert np.array_equal(aux_pool(cfg.replace(num_rounds=9), labels.size), pool)  # fixed by the seed alone
+    assert np.array_equal(aux_data(cfg, 0).train_images, aux_data(cfg, SERVER_ADVERSARY).train_images)
+    assert sorted(aux_data(cfg, 0).train_labels.tolist()) == sorted(labels[drawn].tolist())
+    # 0 (default): nothing is withheld, the partitions are today's
+    plain = client_partitions(RunConfig(seed=7), labels, 2)
+    assert sum(p.size for p in plain) == labels.size
+
+
+def test_adversary_role_and_aux_samples_are_validated():
+    with pytest.raises(ConfigError, match="'adversary-aux-samples' must be >= 0, got -1"):
+        parse_run_config({"adversary-aux-samples": -1})
+    with pytest.raises(ConfigError, match="'adversary-role' must be one of"):
+        parse_run_config({"adversary-role": "hub"})
+    with pytest.raises(ConfigError, match=r"'adversary-role' = 'server' with attacks \['decoder'\] needs"):
+        parse_run_config({"adversary": 0, "adversary-role": "server", "adversary-attacks": "decoder,white-box"})
+    parse_run_config({"adversary": 0, "adversary-role": "server", "adversary-attacks": "white-box"})
+    parse_run_config({"adversary-role": "server"})  # no attack (adversary -1): no pool needed
+    with pytest.raises(ConfigError, match="'adversary-aux-samples' = 6001 is more than the auxiliary pool: 6000"):
+        simulate({"adversary": 0, "adversary-aux-samples": 6001, "samples-per-client": 100}, 2)
+    # role 'server' attacks every client: 'adversary' is a switch, not a partition id
+    with pytest.raises(ConfigError, match="'adversary' = 3 must be a partition id below num-clients"):
+        simulate({"adversary": 3, "samples-per-client": 100}, 3)

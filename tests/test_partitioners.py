@@ -12,7 +12,7 @@ import pytest
 
 from pgsl_flower.config import ConfigError, parse_run_config
 from pgsl_flower.data import PartitionError, load_dataset, partition_indices
-from pgsl_flower.data.partition import shuffled_order
+from pgsl_flower.data.partition import reserved_indices, shuffled_order
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,8 @@ def test_all_partitioners_disjoint_and_seeded(labels: np.ndarray, name: str) -> 
         ({"partitioner": "shard", "shards_per_partition": 1001}, "shards_per_partition"),
         ({"partitioner": "shard", "shard_size": -1}, "shard_size"),
         ({"partitioner": "exponential", "num_partitions": 12}, "num_partitions"),
+        ({"reserve": -1}, "reserve"),
+        ({"reserve": 10_000}, "reserve"),
     ],
 )
 def test_partition_errors_name_the_argument(labels: np.ndarray, kwargs: dict, argument: str) -> None:
@@ -173,3 +175,15 @@ def test_run_config_ranges(key: str, value: object, fragment: str) -> None:
     with pytest.raises(ConfigError, match="'shards-per-partition' or 'shard-size' > 0"):
         parse_run_config({"partitioner": "shard", "shards-per-partition": 0})
     assert parse_run_config({"partitioner": "linear"}).partitioner == "linear"
+
+
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "pathological", "shard"])
+def test_reserve_withholds_the_same_indices_for_every_partition_count(labels: np.ndarray, name: str) -> None:
+    """``reserve``: the same seeded indices, fixed by the seed alone, are in no partition."""
+    pool = reserved_indices(labels.size, 3, 1000)
+    assert pool.size == 1000 and np.array_equal(pool, reserved_indices(labels.size, 3, 1000))
+    for n in (2, 10):
+        union = check_disjoint(partition_indices(labels, n, name, seed=3, reserve=1000), labels.size)
+        assert np.intersect1d(union, pool).size == 0, f"{name}, {n} partitions"
+        if name in ("iid", "dirichlet"):
+            assert union.size == labels.size - 1000

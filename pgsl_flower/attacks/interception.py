@@ -1,20 +1,28 @@
-"""The adversarial client inside a federation, and the harness that scores it.
+"""The honest-but-curious adversary inside a federation, and the harness that scores it.
 
-Interception is modelled explicitly (paper Section III, honest-but-curious):
+Interception is modelled explicitly (paper Section III, honest-but-curious). Run-config
+``adversary-role`` says who the adversary is:
 
-1. :class:`Interceptor` is the network tap. During the final round it copies the
-   first batch of smashed data each *other* client sends, in the server's
-   processing order (node order), with that client's batch counter (for scoring
-   only), until it holds ``adversary-images`` images. The
-   first batch of a SplitFed round is computed with the round's shared client
-   part, which the adversary also received.
-2. After training, the server sends the adversarial client (run-config
-   ``adversary``, a partition id) a ``query.attack`` message holding those
-   smashed tensors and the round's client part, and nothing else.
-   :func:`reconstruct_intercepted` runs on that client, with its own data.
-3. :func:`score_reconstructions` is the evaluation harness: it reads the
-   victims' original images from disk (never through the protocol), checks
-   they reproduce the intercepted smashed data, and scores the reconstructions.
+- ``client`` (default): partition ``adversary`` is a participant. During the final round
+  :class:`Interceptor` (the network tap) copies the first batch of smashed data each *other*
+  client sends, in the server's processing order (node order), with that client's batch
+  counter (for scoring only), until it holds ``adversary-images`` images. The first batch of
+  a SplitFed round is computed with the round's shared client part, which the adversary also
+  received. After training, the server sends the adversarial client a ``query.attack``
+  message holding those smashed tensors and the round's client part, and nothing else;
+  :func:`reconstruct_intercepted` runs on that client.
+- ``server``: the server itself. Every client's smashed data reaches it, so the tap keeps
+  the first batch of *every* client (``adversary`` >= 0 only turns the attack on), and the
+  attacks run in the ServerApp process (:func:`server_reconstructions`) with the round's
+  client part, which the server aggregated. No message goes to any client.
+
+The adversary learns from its own partition's images (role ``client``), or, with
+``adversary-aux-samples`` > 0, from that many images of an auxiliary pool withheld from
+every client (:func:`pgsl_flower.local_data.aux_pool`); the server has no images of its
+own, so its ``decoder`` / ``gan`` attacks need the pool (``white-box`` needs no data).
+:func:`score_reconstructions` is the evaluation harness: it reads the victims' original
+images from disk (never through the protocol), checks they reproduce the intercepted smashed
+data, and scores the reconstructions.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from pgsl_flower.defenses import ADVERSARY_OWN_BATCH, batch_seed, make_defense
 from pgsl_flower.local_data import (
     LocalData,
     augment_seed,
+    aux_data,
     client_batch_indices,
     local_data,
 )
@@ -62,9 +71,13 @@ class InterceptedBatch:
 
 @dataclass
 class Interceptor:
-    """Copies the first smashed batch of each victim while ``active`` (the trainer's tap)."""
+    """Copies the first smashed batch of each victim while ``active`` (the trainer's tap).
 
-    adversary_node: int
+    ``adversary_node``: the adversarial client's node, never a victim; ``None`` for the
+    server adversary, whose victims are all clients.
+    """
+
+    adversary_node: int | None
     max_images: int
     active: bool = False
     batches: list[InterceptedBatch] = field(default_factory=list)
@@ -111,24 +124,53 @@ def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
     raise ValueError(f"unknown smashed-data attack {name!r}")
 
 
-def adversary_knowledge(cfg: RunConfig, data: LocalData, client: ClientNet) -> AdversaryKnowledge:
-    """The adversary's own clean images and its own pipeline's inputs."""
-    everything = torch.arange(data.train_labels.shape[0])
+#: Stand-in partition id of the server adversary: seeds its client-side pipeline on the auxiliary
+#: images and its defense randomness (client partition ids are >= 0, the harness's is -1).
+SERVER_ADVERSARY = -2
+
+
+def adversary_knowledge(
+    cfg: RunConfig, data: LocalData | None, client: ClientNet, partition: int, image_shape: tuple[int, ...],
+) -> AdversaryKnowledge:
+    """The adversary's clean images and the inputs its own pipeline builds from them
+    (``data`` None: no images, e.g. the server without an auxiliary pool)."""
+    if data is None:
+        channels, height, width = image_shape
+        images = torch.zeros(0, channels, height, width)
+        inputs = torch.zeros(0, 4 * channels + 1, height // 2, width // 2)
+    else:
+        images = data.train_images.float() / 255
+        inputs = data.inputs(torch.arange(data.train_labels.shape[0]))
     defense = make_defense(cfg)
     return AdversaryKnowledge(
-        own_images=data.train_images.float() / 255,
-        own_inputs=data.inputs(everything),
+        own_images=images,
+        own_inputs=inputs,
         client=client,
         map_channel_is_zero=not cfg.pixel_attacked,
         seed=cfg.seed,
-        release=lambda smashed: defense.release(smashed, batch_seed(cfg, cfg.adversary, ADVERSARY_OWN_BATCH)),
+        release=lambda smashed: defense.release(smashed, batch_seed(cfg, partition, ADVERSARY_OWN_BATCH)),
     )
 
 
-def reconstruct_intercepted(cfg: RunConfig, data: LocalData, client: ClientNet, smashed: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run every configured attack on the adversarial client; images in [0, 1]."""
-    observation = SmashedDataObservation(adversary_knowledge(cfg, data, client), smashed)
+def reconstruct_intercepted(
+    cfg: RunConfig, own: LocalData | None, client: ClientNet, smashed: torch.Tensor, partition: int,
+    image_shape: tuple[int, ...],
+) -> dict[str, torch.Tensor]:
+    """Run every configured attack; images in [0, 1]. The adversary learns from the auxiliary
+    pool when 'adversary-aux-samples' > 0, else from ``own`` (its partition; None for the server)."""
+    data = aux_data(cfg, partition) if cfg.adversary_aux_samples else own
+    observation = SmashedDataObservation(adversary_knowledge(cfg, data, client, partition, image_shape), smashed)
     return {name: smashed_data_attack(name, cfg).reconstruct(observation).clamp(0, 1) for name in cfg.attack_names}
+
+
+def server_reconstructions(
+    cfg: RunConfig, smashed: torch.Tensor, client_weights: dict[str, torch.Tensor], image_shape: tuple[int, ...],
+) -> dict[str, torch.Tensor]:
+    """Run-config 'adversary-role' = 'server': the attacks, in the ServerApp process, with the
+    client part the server aggregated and no images but the auxiliary pool's."""
+    client = build_client_net(cfg, image_shape[0])
+    client.load_state_dict(client_weights)
+    return reconstruct_intercepted(cfg, None, client, smashed, SERVER_ADVERSARY, image_shape)
 
 
 @dataclass(frozen=True)
@@ -138,6 +180,7 @@ class GroundTruth:
     images: torch.Tensor  # clean, float [0, 1]
     client_inputs: torch.Tensor  # what the victims fed their client part (attacked under PGSL)
     labels: torch.Tensor
+    partitions: torch.Tensor  # each image's victim (partition id)
 
 
 def ground_truth(
@@ -145,7 +188,7 @@ def ground_truth(
     client_weights: dict[str, torch.Tensor],
 ) -> GroundTruth:
     """Originals of each intercepted batch, checked against the intercepted smashed data."""
-    images, inputs, labels = [], [], []
+    images, inputs, labels, owners = [], [], [], []
     defense = make_defense(cfg)
     channels = local_data(cfg, partitions[batches[0].node], num_partitions).train_images.shape[1]
     client = build_client_net(cfg, channels)  # one model: smashed_in_batches restores its state after each use
@@ -168,7 +211,8 @@ def ground_truth(
         images.append(data.images(index, seed)[:keep])  # the whole batch: its augmentation draws per sample
         inputs.append(client_inputs[:keep])
         labels.append(data.train_labels[index[:keep]])
-    return GroundTruth(torch.cat(images), torch.cat(inputs), torch.cat(labels))
+        owners.append(torch.full((keep,), partition, dtype=torch.int64))
+    return GroundTruth(torch.cat(images), torch.cat(inputs), torch.cat(labels), torch.cat(owners))
 
 
 def score_reconstructions(
@@ -190,16 +234,33 @@ def score_reconstructions(
     }
 
 
+def scores_by_victim(reconstructions: dict[str, torch.Tensor], truth: GroundTruth) -> dict[str, dict]:
+    """Per victim partition: its intercepted images and each attack's MSE / PSNR / SSIM on them."""
+    out = {}
+    for partition in sorted(set(truth.partitions.tolist())):
+        mine = truth.partitions == partition
+        out[str(partition)] = {
+            "images": int(mine.sum()),
+            "scores": {name: reconstruction_metrics(images[mine], truth.images[mine])
+                       for name, images in reconstructions.items()},
+        }
+    return out
+
+
 def write_attack_outputs(run_dir: Path, reconstructions: dict[str, torch.Tensor], truth: GroundTruth,
-                         scores: dict[str, dict[str, float]]) -> None:
-    """``attacks.json``, ``attack_grid.png`` (original | client input | each attack) and
-    ``attacks.pt`` (originals, client inputs, labels, reconstructions: for later analyses)."""
+                         scores: dict[str, dict[str, float]], role: str = "client") -> None:
+    """``attacks.json`` (scores, the adversary's role, per-victim scores), ``attack_grid.png``
+    (original | client input | each attack) and ``attacks.pt`` (originals, client inputs,
+    labels, victim partitions, reconstructions: for later analyses)."""
     from pgsl_flower.metrics import write_json
 
-    write_json(run_dir / "attacks.json", {"images": len(truth.labels), "scores": scores})
+    write_json(run_dir / "attacks.json", {
+        "images": len(truth.labels), "role": role, "scores": scores,
+        "victims": scores_by_victim(reconstructions, truth),
+    })
     torch.save(
         {"images": truth.images, "client_inputs": truth.client_inputs, "labels": truth.labels,
-         "reconstructions": reconstructions},
+         "partitions": truth.partitions, "reconstructions": reconstructions},
         run_dir / "attacks.pt",
     )
     rows = {"original": truth.images, "client input": images_from_inputs(truth.client_inputs).clamp(0, 1), **reconstructions}

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CLASS_ASSIGNMENTS", "PARTITIONERS", "PartitionError", "partition_indices", "shuffled_order"]
+__all__ = [
+    "CLASS_ASSIGNMENTS", "PARTITIONERS", "PartitionError", "partition_indices", "reserved_indices", "shuffled_order",
+]
 
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "pathological", "shard", "linear", "exponential")
 #: PathologicalPartitioner's ``class_assignment_mode`` values.
@@ -44,6 +46,7 @@ class PartitionSpec:
     class_assignment: str
     shards_per_partition: int
     shard_size: int
+    reserve: int = 0  # samples withheld before partitioning (:func:`reserved_indices`)
 
 
 def _validate(labels: np.ndarray, spec: PartitionSpec) -> np.ndarray:
@@ -57,18 +60,26 @@ def _validate(labels: np.ndarray, spec: PartitionSpec) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
         raise ValueError(f"labels: expected integer labels, got dtype {arr.dtype}")
     for name in ("num_partitions", "seed", "min_partition_size", "classes_per_partition",
-                 "shards_per_partition", "shard_size"):
+                 "shards_per_partition", "shard_size", "reserve"):
         if not _is_int(getattr(spec, name)):
             raise PartitionError(name, getattr(spec, name), "expected an int")
+    if spec.seed < 0:
+        raise PartitionError("seed", spec.seed, "must be >= 0")
+    if not 0 <= spec.reserve < arr.size:
+        raise PartitionError("reserve", spec.reserve, f"must be >= 0 and below len(labels)={arr.size}")
+    full = arr
+    if spec.reserve:  # every check below is on the samples left to partition
+        arr = np.delete(arr, reserved_indices(arr.size, spec.seed, spec.reserve))
     if not 1 <= num_partitions <= arr.size:
-        raise PartitionError("num_partitions", num_partitions, f"must be between 1 and len(labels)={arr.size}")
+        raise PartitionError(
+            "num_partitions", num_partitions,
+            f"must be between 1 and the {arr.size} samples to partition (len(labels) - reserve)",
+        )
     if partitioner not in PARTITIONERS:
         raise PartitionError("partitioner", partitioner, f"unknown; known: {', '.join(PARTITIONERS)}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
             or not math.isfinite(alpha) or alpha <= 0:
         raise PartitionError("alpha", alpha, "must be a finite number > 0")
-    if spec.seed < 0:
-        raise PartitionError("seed", spec.seed, "must be >= 0")
     if spec.min_partition_size < 0 or spec.min_partition_size * num_partitions > arr.size:
         raise PartitionError(
             "min_partition_size", spec.min_partition_size,
@@ -78,7 +89,7 @@ def _validate(labels: np.ndarray, spec: PartitionSpec) -> np.ndarray:
         _validate_pathological(arr, num_partitions, spec.classes_per_partition, spec.class_assignment)
     if partitioner == "shard":
         _validate_shard(arr.size, num_partitions, spec.shards_per_partition, spec.shard_size)
-    return arr.astype(np.int64, copy=False)
+    return full.astype(np.int64, copy=False)
 
 
 def _validate_pathological(labels: np.ndarray, num_partitions: int, k: int, mode: str) -> None:
@@ -135,6 +146,17 @@ def _validate_shard(n: int, num_partitions: int, shards: int, size: int) -> None
 def shuffled_order(num_samples: int, seed: int) -> np.ndarray:
     """The seeded permutation applied before any partitioner sees the labels."""
     return np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
+
+
+#: Salt of the reserved pool's permutation: not the partitioners' (:func:`shuffled_order`).
+_RESERVE_SALT = 7_919
+
+
+def reserved_indices(num_samples: int, seed: int, size: int) -> np.ndarray:
+    """The ``size`` sample indices withheld from every partition (sorted): the first ``size`` of a
+    permutation seeded by ``seed`` alone, so the same for every number of partitions and partitioner."""
+    order = np.random.default_rng([seed, _RESERVE_SALT]).permutation(num_samples)
+    return np.sort(order[:size]).astype(np.int64)
 
 
 def _make_partitioner(spec: PartitionSpec):  # noqa: ANN202 - flwr_datasets is imported lazily
@@ -195,6 +217,8 @@ def _partition_cached(labels_bytes: bytes, spec: PartitionSpec) -> tuple[np.ndar
     # runs, DirichletPartitioner and PathologicalPartitioner split each class in index order and
     # ShardPartitioner sorts by label (stably): without this the result follows file order.
     perm = shuffled_order(labels.size, spec.seed)
+    if spec.reserve:  # the reserved pool is in no partition
+        perm = perm[~np.isin(perm, reserved_indices(labels.size, spec.seed, spec.reserve))]
     table = datasets.Dataset.from_dict({"label": labels[perm], "index": perm})
     part = _make_partitioner(spec)
     part.dataset = table
@@ -229,6 +253,7 @@ def partition_indices(
     class_assignment: str = "random",
     shards_per_partition: int = 2,
     shard_size: int = 0,
+    reserve: int = 0,
 ) -> list[np.ndarray]:
     """Split ``range(len(labels))`` into ``num_partitions`` disjoint parts with a Flower Datasets partitioner.
 
@@ -248,16 +273,18 @@ def partition_indices(
       ``i`` gets ``floor(len * w_i / sum w)`` samples with ``w_i = i + 1`` / ``e ** (i + 1)``, the
       remainder going to the last partition.
 
-    iid, dirichlet, linear and exponential cover every index. Returns sorted int64 index arrays;
+    ``reserve`` > 0 first withholds :func:`reserved_indices` ``(len(labels), seed, reserve)`` (the
+    same for every ``num_partitions``): no partition holds them, the partitioners split the rest.
+    iid, dirichlet, linear and exponential cover every other index. Returns sorted int64 index arrays;
     reproducible for a seed. Results are cached per (label bytes, arguments); each call returns
     fresh copies. Raises :class:`PartitionError` (a ValueError) naming a bad or impossible argument.
     """
     spec = PartitionSpec(num_partitions, partitioner, alpha, seed, min_partition_size,
-                         classes_per_partition, class_assignment, shards_per_partition, shard_size)
+                         classes_per_partition, class_assignment, shards_per_partition, shard_size, reserve)
     arr = _validate(labels, spec)
     normalised = PartitionSpec(  # one cache entry whatever int/float types the caller used
         int(num_partitions), partitioner, float(alpha), int(seed), int(min_partition_size),
-        int(classes_per_partition), class_assignment, int(shards_per_partition), int(shard_size),
+        int(classes_per_partition), class_assignment, int(shards_per_partition), int(shard_size), int(reserve),
     )
     parts = _partition_cached(np.ascontiguousarray(arr).tobytes(), normalised)
     return [p.copy() for p in parts]
