@@ -1,9 +1,9 @@
 """ClientApp: the hospital side of split learning.
 
-The client owns its raw images and the pre-cut layers (conv1-conv2). Per
-``train.step`` message it (1) applies the server's dL/dh to the batches it sent
-last, then (2) sends the smashed data of its next batches (``batches-per-message``,
-1 by default). Both happen in one message so a training step costs one
+The client owns its raw images and the pre-cut layers (conv1..conv<cut-layer>,
+default conv1-conv2). Per ``train.step`` message it (1) applies the server's dL/dh
+to the batches it sent last, then (2) sends the smashed data of its next batches
+(``batches-per-message``, 1 by default). Both happen in one message so a training step costs one
 exchange, not two.
 
 Only ``context.state`` survives between messages, so the client's model,
