@@ -77,7 +77,7 @@ class SplitStrategy:
         grid : Grid
             The Grid the ServerApp's ``main`` received.
         initial_arrays : ArrayRecord, optional
-            The client part's starting state dict (``ClientNet.state_dict()``: conv1-conv2
+            The client part's starting state dict (``ClientNet.state_dict()``: conv1..conv<cut-layer>
             weights and BatchNorm buffers), sent to the clients at round 1. Default: freshly
             initialised from run-config 'seed'. Keys, dtypes and shapes are checked before
             any node is contacted; a mismatch raises ``ValueError`` naming it.

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from pgsl_flower.config import default_run_config
+
 SERVER_CHECKPOINT = "checkpoint.pt"
 #: Per site, the newest rounds' files kept: a crash during round r + 1 leaves the
 #: server at round r, while the site may already have written r + 1.
@@ -68,11 +70,13 @@ def server_checkpoint_path(resume_from: str | Path) -> Path:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], ignored: set[str]) -> None:
-    """Raise naming the first run-config key whose value differs from the checkpoint's."""
+    """Raise naming the first run-config key whose value differs from the checkpoint's; a key the
+    checkpoint predates (e.g. 'cut-layer') counts as its default."""
+    defaults = default_run_config()
     for key in sorted(set(saved) | set(current)):
         if key in ignored:
             continue
-        if saved.get(key) != current.get(key):
+        if saved.get(key, defaults.get(key)) != current.get(key):
             raise CheckpointError(
                 f"run-config '{key}' is {current.get(key)!r}, but the checkpoint was written with "
                 f"{saved.get(key)!r}: resume with the same configuration"

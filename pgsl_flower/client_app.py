@@ -1,9 +1,9 @@
 """ClientApp: the hospital side of split learning.
 
-The client owns its raw images and the pre-cut layers (conv1-conv2). Per
-``train.step`` message it (1) applies the server's dL/dh to the batches it sent
-last, then (2) sends the smashed data of its next batches (``batches-per-message``,
-1 by default). Both happen in one message so a training step costs one
+The client owns its raw images and the pre-cut layers (conv1..conv<cut-layer>,
+default conv1-conv2). Per ``train.step`` message it (1) applies the server's dL/dh
+to the batches it sent last, then (2) sends the smashed data of its next batches
+(``batches-per-message``, 1 by default). Both happen in one message so a training step costs one
 exchange, not two.
 
 Only ``context.state`` survives between messages, so the client's model,
@@ -43,10 +43,11 @@ from pgsl_flower.local_data import (
     LocalData,
     augment_seed,
     client_batch_indices,
+    dropout_seed,
     local_data,
     site_local_data,
 )
-from pgsl_flower.model import CONV_CHANNELS, build_client_net, decayed_step, make_optimizer
+from pgsl_flower.model import build_client_net, decayed_step, make_optimizer, seeded_dropout, smashed_shape
 
 _MODEL_KEY = "client-model"
 _OPTIM_KEY = "client-optimizer"
@@ -136,8 +137,9 @@ class SplitClient:
         self.model.load_state_dict(weights)
 
     @property
-    def smashed_side(self) -> tuple[int, int]:
-        return tuple(side // 2 for side in self.data.train_images.shape[-2:])  # type: ignore[return-value]
+    def smashed_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample's smashed data."""
+        return smashed_shape(self.cfg, self.data.train_images.shape[-2:])
 
     def apply_gradients(self, content: RecordDict) -> None:
         """Backpropagate the server's dL/dh of the pending batches, one optimizer step each.
@@ -153,14 +155,15 @@ class SplitClient:
         indices = [self._indices(counter) for counter in counters]
         grads = protocol.decode_gradients(
             content,
-            [(len(idx), CONV_CHANNELS, *self.smashed_side) for idx in indices],
+            [(len(idx), *self.smashed_shape) for idx in indices],
             max_bytes=self.cfg.max_payload_bytes,
         )
         self.model.train()
         with self._trainable() as (model, optimizer):
             for counter, idx, grad in zip(counters, indices, grads, strict=True):
                 inputs = self._inputs(idx, counter)
-                smashed = model(inputs)  # updates BN running stats, at the current weights
+                with seeded_dropout(model, dropout_seed(self.cfg, self.partition_id, counter)):  # the sent masks
+                    smashed = model(inputs)  # updates BN running stats, at the current weights
                 optimizer.zero_grad(set_to_none=True)
                 extra = self.defense.local_loss(inputs, smashed)  # e.g. NoPeek's weighted DCor(x, h)
                 if extra is None:
@@ -202,8 +205,11 @@ class SplitClient:
         self.pending_first, self.pending_count = self.counter, count
         for i in range(count):
             indices = self._indices(self.counter + i)
-            with torch.no_grad(), _frozen_running_stats(self.model):  # updated once, in apply_gradients
-                smashed = self.model(self._inputs(indices, self.counter + i))
+            inputs = self._inputs(indices, self.counter + i)
+            seed = dropout_seed(self.cfg, self.partition_id, self.counter + i)
+            # BN running stats are updated once, in apply_gradients
+            with torch.no_grad(), _frozen_running_stats(self.model), seeded_dropout(self.model, seed):
+                smashed = self.model(inputs)
             smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
             records[protocol.batch_record(i)] = protocol.encode_batch(smashed, self.data.labels(indices))
         self.counter += count
@@ -405,7 +411,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
             ),
             field=f"{protocol.INTERCEPTED}.h",
             dtype=torch.float32,
-            shape=(None, CONV_CHANNELS, *(side // 2 for side in client.data.train_images.shape[-2:])),
+            shape=(None, *client.smashed_shape),
             max_bytes=client.cfg.max_payload_bytes,
         )
         reconstructions = reconstruct_intercepted(

@@ -20,6 +20,8 @@ SWITCHES = ("auto", "on", "off")
 CLASS_BALANCES = ("auto", "none", "loss", "sampling")
 AUGMENTATIONS = ("auto", "none", "flip", "standard")
 SERVER_TOWERS = ("paper", "pooled")
+#: Run-config 'cut-layer': the client part holds conv1..conv<k> of the seven (pgsl_flower.model).
+CUT_LAYERS = (1, 2, 3, 4, 5, 6)
 SCHEDULES = ("splitfed", "sequential")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "shard", "linear", "exponential")
 #: PathologicalPartitioner's class assignment modes (run-config 'class-assignment').
@@ -63,6 +65,7 @@ class RunConfig:
     class_balance: str = "auto"  # none | loss (class-weighted) | sampling (auto: loss on medical data)
     augment: str = "auto"  # none | flip | standard: client-side, seeded (auto: standard on medical data)
     server_tower: str = "paper"  # paper (no pooling) | pooled (max-pool after conv3, conv5, conv7)
+    cut_layer: int = 2  # the client part holds conv1..conv<k>, the server the rest (1..6; 2: the paper's split)
     bn_recalibration: str = "on"  # re-estimate the aggregated model's BatchNorm statistics each round
     bn_calibration_samples: int = 512  # over all of a round's clients: each uses ceil(this / clients) samples
     bn_momentum: float = 0.1  # BatchNorm running-statistics momentum; 0: cumulative average
@@ -145,6 +148,14 @@ class RunConfig:
             )
         _check_choice("tracking", self.tracking, TRACKERS)
         self._check_dataset_options()
+        if self.cut_layer not in CUT_LAYERS:
+            raise ConfigError(f"run-config 'cut-layer' must be in 1..{CUT_LAYERS[-1]}, got {self.cut_layer!r}")
+        if self.server_tower == "pooled" and self.cut_layer > 3:
+            raise ConfigError(
+                f"run-config 'cut-layer' = {self.cut_layer} with server-tower 'pooled': the pooled tower's "
+                "max-pool after conv3 would run on the client and shrink the smashed data; use cut-layer <= 3 "
+                "or server-tower 'paper'"
+            )
         if self.defense == "dp-sgd" and self.client_norm != "group":
             raise ConfigError(
                 "defense 'dp-sgd' needs run-config client-norm = 'group' (per-sample gradients do not "

@@ -261,6 +261,12 @@ def augment_seed(cfg: RunConfig, partition_id: int, counter: int) -> int:
     return (cfg.seed * 2_000_003 + partition_id) * 10_000_079 + counter
 
 
+def dropout_seed(cfg: RunConfig, partition_id: int, counter: int) -> int:
+    """Seed of the client part's dropout masks on its ``counter``-th training batch (cut-layer >= 4,
+    :func:`pgsl_flower.model.seeded_dropout`): the sent forward and its recomputation draw the same."""
+    return abs((cfg.seed * 3_000_017 + partition_id) * 10_000_103 + counter) % 2**63
+
+
 def client_order_seed(cfg: RunConfig, partition_id: int) -> int:
     """Seed of a client's batch order (:func:`batch_indices`)."""
     return cfg.seed * 100_003 + partition_id

@@ -23,7 +23,7 @@ class SplitResult:
         ``test_accuracy``, ``test_balanced_accuracy``, ``train_loss``, ...), for the
         rounds this run trained (a resumed run: those after its checkpoint).
     arrays : ArrayRecord
-        The final global client part (conv1-conv2): the state dict every client loads.
+        The final global client part (conv1..conv<cut-layer>): the state dict every client loads.
     server_arrays : ArrayRecord
         The final server part (conv3 onwards and the head; PGSL: its three-stream model).
     run_dir : Path

@@ -33,7 +33,7 @@ from pgsl_flower.defenses import HARNESS_PARTITION, batch_seed, make_defense
 from pgsl_flower.evaluation import evaluate_split
 from pgsl_flower.local_data import harness_attacked, load_datasets
 from pgsl_flower.metrics import MetricsWriter, write_confusion_matrix, write_json
-from pgsl_flower.model import build_client_net, prepare_input, resolve_device
+from pgsl_flower.model import build_client_net, prepare_input, resolve_device, smashed_shape
 from pgsl_flower.pgsl.resampling import downsample
 from pgsl_flower.pgsl.server_model import STREAMS, PGSLServerModel
 from pgsl_flower.result import SplitResult, round_metrics
@@ -141,9 +141,8 @@ def run_federation(
         server.model.load_state_dict(checked_arrays(
             initial_server_arrays, server.model.state_dict(), "initial_server_arrays", "server part"))
     test_inputs = harness_inputs(cfg, train_set, test_images)
-    smashed_shape = (64, size // 2, size // 2)
     nodes = _wait_for_nodes(grid, cfg.min_available_clients)
-    trainer = SplitTrainer(grid, cfg, server, smashed_shape, num_classes, initial_weights)
+    trainer = SplitTrainer(grid, cfg, server, smashed_shape(cfg, train_set.images.shape), num_classes, initial_weights)
     trainer.query_info(nodes)
     nodes = trainer.nodes_by_partition()
     if cfg.resolved_class_balance == "loss":

@@ -43,6 +43,8 @@ def test_parse_accepts_defaults_and_overrides():
         ("class-balance", "oversample", "'class-balance' must be one of"),
         ("augment", "heavy", "'augment' must be one of"),
         ("server-tower", "resnet", "'server-tower' must be one of"),
+        ("cut-layer", 0, "'cut-layer' must be in 1..6, got 0"),
+        ("cut-layer", 7, "'cut-layer' must be in 1..6, got 7"),
         ("bn-recalibration", "auto", "'bn-recalibration' must be one of"),
         ("bn-momentum", 1.5, "'bn-momentum' must be in"),
         ("bn-calibration-samples", 0, "'bn-calibration-samples' must be >= 1"),

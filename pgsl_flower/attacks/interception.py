@@ -57,9 +57,10 @@ from pgsl_flower.local_data import (
     augment_seed,
     aux_data,
     client_batch_indices,
+    dropout_seed,
     local_data,
 )
-from pgsl_flower.model import ClientNet, build_client_net
+from pgsl_flower.model import ClientNet, build_client_net, seeded_dropout
 
 
 @dataclass
@@ -199,9 +200,10 @@ def ground_truth(
         index = client_batch_indices(cfg, data, partition, batch.counter)
         seed = augment_seed(cfg, partition, batch.counter)
         client_inputs = data.inputs(index, augment_seed=seed)
-        recomputed = defense.release(  # what the victim sent, noise included
-            smashed_in_batches(client, client_inputs, len(index)), batch_seed(cfg, partition, batch.counter)
-        )[: len(batch.smashed)]
+        with seeded_dropout(client, dropout_seed(cfg, partition, batch.counter)):  # cut-layer >= 4
+            smashed = smashed_in_batches(client, client_inputs, len(index))
+        # what the victim sent, noise included
+        recomputed = defense.release(smashed, batch_seed(cfg, partition, batch.counter))[: len(batch.smashed)]
         if not torch.allclose(recomputed, batch.smashed, atol=1e-4, rtol=1e-4):
             raise RuntimeError(
                 f"ground truth for node {batch.node} (partition {partition}, batch {batch.counter}) does not "

@@ -90,14 +90,14 @@ def cell_config(dataset: str, defense: str, seed: int) -> tuple[int, RunConfig]:
 def load_split_model(run_dir: Path, cfg: RunConfig, channels: int, num_classes: int):
     """The run's final client and server halves (:class:`SplitModel`)."""
     from pgsl_flower.attacks.split_gradients import SplitModel
-    from pgsl_flower.model import ServerNet, build_client_net
-    from pgsl_flower.pgsl.server_model import PGSLNet, ProximalSettings
+    from pgsl_flower.model import build_client_net, build_server_net
+    from pgsl_flower.pgsl.server_model import ProximalSettings, build_pgsl_net
 
     state = torch.load(run_dir / "final_model.pt", weights_only=True)
     client = build_client_net(cfg, channels)
     client.load_state_dict(state["client"])
     pgsl = cfg.defense == "pgsl"
-    server = PGSLNet(num_classes) if pgsl else ServerNet(num_classes)
+    server = build_pgsl_net(cfg, num_classes) if pgsl else build_server_net(cfg, num_classes)
     server.load_state_dict(state["server"])
     proximal = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol) if pgsl else None
     return SplitModel(client, server, proximal)

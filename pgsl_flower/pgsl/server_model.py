@@ -11,7 +11,7 @@ Per client batch of smashed data ``h`` (N, 64, H/2, W/2):
    split's shape it is ``f_v``. The solver is a fixed preprocessing: no gradient
    flows through it;
 3. conv-sum fusion ``f = conv1x1(concat(f_u, f_v)) + f_u`` with ``f_u = h``;
-4. three towers (conv3..conv7 + 2 FC, :class:`ServerNet`): attacked ``S_a`` on
+4. three towers (conv3..conv7 + 2 FC, :class:`ServerNet`; conv(k+1)..conv7 at cut-layer k): attacked ``S_a`` on
    ``h``, fused ``S_f`` on ``f``, recovered ``S_r`` on ``f_v``; each is trained on
    its own cross-entropy;
 5. only the fused stream's gradient w.r.t. ``h`` goes back to the client: the
@@ -69,10 +69,12 @@ def recover(smashed: torch.Tensor, settings: ProximalSettings) -> torch.Tensor:
 class PGSLNet(nn.Module):
     """Fusion module and the three towers."""
 
-    def __init__(self, num_classes: int, tower: str = "paper", bn_momentum: float = 0.1) -> None:
+    def __init__(self, num_classes: int, tower: str = "paper", bn_momentum: float = 0.1, cut_layer: int = 2) -> None:
         super().__init__()
         self.fusion = ConvSumFusion(CONV_CHANNELS)
-        self.towers = nn.ModuleDict({name: ServerNet(num_classes, tower, bn_momentum) for name in STREAMS})
+        self.towers = nn.ModuleDict(
+            {name: ServerNet(num_classes, tower, bn_momentum, cut_layer) for name in STREAMS}
+        )
 
     def forward(self, smashed: torch.Tensor, recovered: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per stream. Only the fused stream depends on ``smashed`` with gradient."""
@@ -83,6 +85,11 @@ class PGSLNet(nn.Module):
         }
 
 
+def build_pgsl_net(cfg: RunConfig, num_classes: int) -> PGSLNet:
+    """The run's PGSL server part ('server-tower', 'bn-momentum', 'cut-layer')."""
+    return PGSLNet(num_classes, cfg.server_tower, cfg.bn_momentum, cfg.cut_layer)
+
+
 class PGSLServerModel(ServerModel):
     """Same interface as :class:`pgsl_flower.strategy.ServerModel`, with PGSL's three streams."""
 
@@ -90,7 +97,7 @@ class PGSLServerModel(ServerModel):
         self.device = device
         self.cfg = cfg
         self.settings = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol)
-        self.model = PGSLNet(num_classes, cfg.server_tower, cfg.bn_momentum).to(device)
+        self.model = build_pgsl_net(cfg, num_classes).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
         self.steps_taken = 0
         self.class_weights = None
