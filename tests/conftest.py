@@ -71,3 +71,35 @@ def _seed() -> None:
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small per-step work (the pixel-space inversions): one thread is faster than several on shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inversion_setup():
+    """8 MNIST test images, a randomly initialised client part (eval mode), its smashed data, and
+    an adversary whose own images are 16 MNIST training images: (images, client, knowledge, smashed)."""
+    import torch
+
+    from pgsl_flower.attacks.interface import AdversaryKnowledge
+    from pgsl_flower.data import load_dataset
+    from pgsl_flower.model import ClientNet, prepare_input
+
+    train, test = load_dataset("mnist", None)
+    images = test.images[:8].float() / 255
+    torch.manual_seed(0)
+    client = ClientNet(1).eval()
+    own = train.images[:16].float() / 255
+    knowledge = AdversaryKnowledge(own, prepare_input(own), client, map_channel_is_zero=True, seed=0)
+    with torch.no_grad():
+        smashed = client(prepare_input(images))
+    return images, client, knowledge, smashed

@@ -7,38 +7,16 @@ import pytest
 import torch
 
 from pgsl_flower.attacks.interception import WHITE_BOX_STEP_FACTOR, smashed_data_attack
-from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation
+from pgsl_flower.attacks.interface import SmashedDataObservation
 from pgsl_flower.attacks.scoring import reconstruction_metrics
 from pgsl_flower.attacks.unsplit import CLONE_SEED_OFFSET, UnSplit, fresh_clone
 from pgsl_flower.config import parse_run_config
-from pgsl_flower.data import load_dataset
-from pgsl_flower.model import ClientNet, prepare_input
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def setup():
-    """8 MNIST test images through a randomly initialised client part (eval mode)."""
-    train, test = load_dataset("mnist", None)
-    images = test.images[:8].float() / 255
-    torch.manual_seed(0)
-    client = ClientNet(1).eval()
-    own = train.images[:16].float() / 255
-    knowledge = AdversaryKnowledge(own, prepare_input(own), client, map_channel_is_zero=True, seed=0)
-    with torch.no_grad():
-        smashed = client(prepare_input(images))
-    return images, client, knowledge, smashed
-
-
-def test_the_clone_keeps_nothing_of_the_victims_weights(setup):
-    _, client, _, _ = setup
+def test_the_clone_keeps_nothing_of_the_victims_weights(inversion_setup):
+    _, client, _, _ = inversion_setup
     weights = {k: v.clone() for k, v in client.state_dict().items()}
     clone = fresh_clone(client, 0 + CLONE_SEED_OFFSET)
     assert type(clone) is type(client)
@@ -50,8 +28,8 @@ def test_the_clone_keeps_nothing_of_the_victims_weights(setup):
     assert torch.equal(next(fresh_clone(client, 5).parameters()), next(fresh_clone(client, 5).parameters()))
 
 
-def test_unsplit_reduces_its_matching_loss_and_beats_a_blank_guess(setup):
-    images, _, knowledge, smashed = setup
+def test_unsplit_reduces_its_matching_loss_and_beats_a_blank_guess(inversion_setup):
+    images, _, knowledge, smashed = inversion_setup
     reconstructed, losses = UnSplit(iterations=30, seed=0).reconstruct_with_losses(SmashedDataObservation(knowledge, smashed))
     assert reconstructed.shape == images.shape and 0 <= float(reconstructed.min()) <= float(reconstructed.max()) <= 1
     (history,) = losses  # one batch of 8

@@ -10,37 +10,14 @@ from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObserva
 from pgsl_flower.attacks.scoring import reconstruction_metrics
 from pgsl_flower.attacks.white_box import WhiteBoxInversion
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
-from pgsl_flower.data import load_dataset
-from pgsl_flower.model import ClientNet, prepare_input
+from pgsl_flower.model import prepare_input
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small per-step work: one thread is faster than several on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    """8 MNIST test images, a randomly initialised client part (eval mode), its smashed data, and
-    an adversary whose own images are other MNIST training images."""
-    train, test = load_dataset("mnist", None)
-    images = test.images[:8].float() / 255
-    torch.manual_seed(0)
-    client = ClientNet(1).eval()
-    own = train.images[:16].float() / 255
-    knowledge = AdversaryKnowledge(own, prepare_input(own), client, map_channel_is_zero=True, seed=0)
-    with torch.no_grad():
-        smashed = client(prepare_input(images))
-    return images, client, knowledge, smashed
-
-
-@pytest.fixture(scope="module")
-def clean_reconstruction(setup):
-    _, _, knowledge, smashed = setup
+def clean_reconstruction(inversion_setup):
+    _, _, knowledge, smashed = inversion_setup
     return WhiteBoxInversion(steps=300, lr=0.1, tv_weight=1e-3, seed=0).reconstruct(SmashedDataObservation(knowledge, smashed))
 
 
@@ -48,8 +25,8 @@ def _psnr(reconstructed: torch.Tensor, images: torch.Tensor) -> float:
     return reconstruction_metrics(reconstructed, images)["psnr"]
 
 
-def test_white_box_inverts_a_known_client_part(setup, clean_reconstruction):
-    images, client, knowledge, smashed = setup
+def test_white_box_inverts_a_known_client_part(inversion_setup, clean_reconstruction):
+    images, client, knowledge, smashed = inversion_setup
     weights = {k: v.clone() for k, v in client.state_dict().items()}
     reconstructed = clean_reconstruction
     assert reconstructed.shape == images.shape
@@ -68,8 +45,8 @@ def test_white_box_inverts_a_known_client_part(setup, clean_reconstruction):
     assert torch.equal(short.reconstruct(observation), short.reconstruct(observation))
 
 
-def test_large_laplace_noise_on_the_smashed_data_defeats_it(setup, clean_reconstruction):
-    images, _, knowledge, smashed = setup
+def test_large_laplace_noise_on_the_smashed_data_defeats_it(inversion_setup, clean_reconstruction):
+    images, _, knowledge, smashed = inversion_setup
     generator = torch.Generator().manual_seed(1)
     scale = 5 * float(smashed.std()) / 2**0.5  # Laplace std = sqrt(2) * scale: 5x h's std
     exponential = torch.empty_like(smashed).exponential_(generator=generator)
@@ -83,8 +60,8 @@ def test_large_laplace_noise_on_the_smashed_data_defeats_it(setup, clean_reconst
     assert defended < clean - 15
 
 
-def test_white_box_with_an_unknown_saliency_map_and_train_mode(setup):
-    images, client, knowledge, _ = setup
+def test_white_box_with_an_unknown_saliency_map_and_train_mode(inversion_setup):
+    images, client, knowledge, _ = inversion_setup
     generator = torch.Generator().manual_seed(2)
     saliency = torch.rand(len(images), 1, 14, 14, generator=generator)  # the victim's map: unknown
     pgsl_knowledge = AdversaryKnowledge(

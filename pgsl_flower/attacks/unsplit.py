@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pgsl_flower.attacks.interface import SmashedDataObservation
-from pgsl_flower.attacks.white_box import CLIENT_MODES, CandidateInput, matching_loss
+from pgsl_flower.attacks.white_box import CandidateInput, PixelSpaceInversion, matching_loss
 
 #: The clone's initialisation seed is ``seed + CLONE_SEED_OFFSET``: the victims' client part is
 #: initialised from the run's seed, and a clone drawn from that same seed would start at the
@@ -48,29 +48,21 @@ def fresh_clone(client: nn.Module, seed: int) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class UnSplit:
+class UnSplit(PixelSpaceInversion):
     """``iterations`` alternations of ``input_steps`` input steps (learning rate ``lr``) and
-    ``model_steps`` clone steps (``model_lr``) per intercepted batch of ``batch_size``.
-
-    ``client_mode`` as in :class:`~pgsl_flower.attacks.white_box.WhiteBoxInversion`:
-    ``"train"`` matches the batch-statistics ``h`` the protocol carries.
+    ``model_steps`` clone steps (``model_lr``) per intercepted batch of ``batch_size``; the
+    other settings (``client_mode``: ``"train"`` matches the batch-statistics ``h`` the
+    protocol carries) as in :class:`~pgsl_flower.attacks.white_box.PixelSpaceInversion`.
     """
 
     iterations: int = 100
     input_steps: int = 10
     model_steps: int = 2
-    lr: float = 0.1
     model_lr: float = 1e-3
-    tv_weight: float = 1e-3
-    seed: int = 0
-    client_mode: str = "eval"
-    batch_size: int = 64
-    init_std: float = 0.01
     name: str = "unsplit"
 
     def __post_init__(self) -> None:
-        if self.client_mode not in CLIENT_MODES:
-            raise ValueError(f"client_mode must be one of {CLIENT_MODES}, got {self.client_mode!r}")
+        super().__post_init__()
         for field, value in (("iterations", self.iterations), ("input_steps", self.input_steps),
                              ("model_steps", self.model_steps)):
             if value < 1:

@@ -72,9 +72,10 @@ def matching_loss(client: torch.nn.Module, candidate: CandidateInput, target: to
 
 
 @dataclass(frozen=True)
-class WhiteBoxInversion:
-    """``steps`` Adam steps (learning rate ``lr``) on each intercepted batch of ``batch_size``.
+class PixelSpaceInversion:
+    """Settings shared by the attacks that optimise the input itself (white-box, UnSplit).
 
+    ``lr``: Adam's learning rate on the input; ``tv_weight``: the TV prior's weight.
     ``client_mode``: the client part's mode during the attack. ``"train"`` uses batch
     statistics, which is how clients compute the smashed data they send during
     training (the protocol's ``h``), so each batch of ``batch_size`` is inverted
@@ -82,18 +83,25 @@ class WhiteBoxInversion:
     ``seed``: ``z`` starts at zero (a grey image) plus seeded noise of std ``init_std``.
     """
 
-    steps: int = 1000
     lr: float = 0.1
     tv_weight: float = 1e-3
     seed: int = 0
     client_mode: str = "eval"
     batch_size: int = 64
     init_std: float = 0.01
-    name: str = "white-box"
 
     def __post_init__(self) -> None:
         if self.client_mode not in CLIENT_MODES:
             raise ValueError(f"client_mode must be one of {CLIENT_MODES}, got {self.client_mode!r}")
+
+
+@dataclass(frozen=True)
+class WhiteBoxInversion(PixelSpaceInversion):
+    """``steps`` Adam steps on each intercepted batch of ``batch_size`` (settings:
+    :class:`PixelSpaceInversion`)."""
+
+    steps: int = 1000
+    name: str = "white-box"
 
     def reconstruct(self, observation: SmashedDataObservation) -> torch.Tensor:
         knowledge, smashed = observation.knowledge, observation.smashed.detach()
