@@ -19,7 +19,7 @@ import pytest
 from pgsl_flower.config import ConfigError
 from pgsl_flower.experiments import cells, sweep
 from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
-from pgsl_flower.experiments.sweep_report import matched_utility, strongest_attack_names, write_report
+from pgsl_flower.experiments.sweep_report import matched_utility, pareto_front, strongest_attack_names, write_report
 
 SPEC = """
 name = "tiny"
@@ -245,3 +245,72 @@ def test_a_write_that_fails_midway_keeps_the_previous_runs_csv(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]  # no temporary file left behind
     kept = pd.read_csv(path)
     assert len(kept) == 1000 and kept.set_index("seed").status[5] == "failed"
+
+
+VARIANTS = """
+[variants."laplace-b2"]
+preset = "laplace"
+laplace-scale = 2.0
+
+[variants.splitfed-cut1]
+preset = "splitfed"
+cut-layer = 1
+"""
+
+
+def _frontier_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC.replace('strategies = ["splitfed", "laplace"]',
+                                 'strategies = ["splitfed", "laplace", "laplace-b2", "splitfed-cut1"]')
+                    .replace("clients = [2, 3]", "clients = [3]").replace("seeds = [1]", "seeds = [1, 2]") + VARIANTS)
+    return spec
+
+
+def test_variants_are_presets_with_overrides(tmp_path):
+    spec = load_spec(_frontier_spec(tmp_path))
+    strong = spec.cell_config("mnist", "laplace-b2", 1, 3)
+    assert strong["defense"] == "laplace" and strong["laplace-scale"] == 2.0 and strong["adversary"] == 2
+    assert spec.cell_config("mnist", "laplace", 1, 3)["laplace-scale"] == 0.5  # the preset itself is unchanged
+    assert spec.cell_config("mnist", "splitfed-cut1", 1, 3)["cut-layer"] == 1
+    assert [spec.family(s) for s in spec.strategies] == ["splitfed", "laplace", "laplace", "splitfed"]
+    text = _frontier_spec(tmp_path).read_text()
+    for bad, message in (
+        (text.replace('preset = "laplace"', 'preset = "nothing"'), "strategy 'laplace-b2' has no preset"),
+        (text.replace('preset = "laplace"\n', ""), "'laplace-b2' needs a 'preset'"),
+        (text.replace('"laplace-b2", ', ""), r"variant\(s\) \['laplace-b2'\] are not listed"),
+        (text.replace("cut-layer = 1", "cut-layer = 9"), "splitfed-cut1.*cut-layer"),
+    ):
+        (tmp_path / "bad.toml").write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            load_spec(tmp_path / "bad.toml")
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    utility = [0.95, 0.94, 0.90, 0.93, 0.80]
+    leakage = [30.0, 20.0, 15.0, 25.0, 16.0]  # PSNR: lower is more private
+    # 0.93/25 is dominated by 0.94/20; 0.80/16 by 0.90/15
+    assert pareto_front(utility, leakage) == [True, True, True, False, False]
+    assert pareto_front([0.9, 0.9], [20.0, 20.0]) == [True, True]  # ties dominate neither
+
+
+def test_the_frontier_section_names_the_most_private_setting_per_utility_level(tmp_path):
+    spec = load_spec(_frontier_spec(tmp_path))
+    runs = _scored_runs(
+        strategy=["splitfed", "laplace", "laplace-b2", "splitfed-cut1"] * 2, seed=[1] * 4 + [2] * 4, clients=[3] * 8,
+        final_test_accuracy=[0.95, 0.945, 0.90, 0.95, 0.95, 0.945, 0.88, 0.94],
+        best_attack_psnr=[30.0, 22.0, 14.0, 29.0, 30.0, 22.0, 13.0, 29.0],
+        best_attack_ssim=[0.70, 0.50, 0.20, 0.72, 0.70, 0.50, 0.20, 0.72],
+        best_attack_mse=[0.001] * 8, decoder_psnr=[30.0, 22.0, 14.0, 29.0] * 2,
+        decoder_ssim=[0.70, 0.50, 0.20, 0.72] * 2, decoder_mse=[0.001] * 8,
+    )
+    (tmp_path / "tiny").mkdir()
+    runs.to_csv(tmp_path / "tiny" / "runs.csv", index=False)
+    report = write_report(spec, tmp_path / "tiny")
+    assert "## Privacy-utility frontier" in report
+    assert "- utility within 1 point: most private by PSNR **laplace** (22.00 dB" in report
+    assert "- utility within 10 points: most private by PSNR **laplace-b2** (13.50 dB" in report
+    assert "below 15 dB PSNR: best utility **laplace-b2** (13.50 dB), at a cost of 6.00 points." in report
+    assert "| splitfed-cut1 | splitfed | 94.50 ± 0.71 | 29.00 ± 0.00 |" in report
+    assert (tmp_path / "tiny" / "mnist_3_frontier.png").stat().st_size > 1000
+    # the matched-utility reference is the plain preset, not a variant without a defense
+    assert "utility within 1 point of `splitfed`" in report

@@ -15,6 +15,9 @@ A spec is a TOML file (``simulations/*.toml``)::
     adversary = 0                           # the adversarial client: attack columns
     [dataset-config.mias]                   # per-dataset run-config, after [run-config]
     image-size = 64
+    [variants.laplace-b2]                   # optional: a named strategy = a preset + overrides
+    preset = "laplace"                      # (applied after [run-config]); list it in 'strategies'
+    laplace-scale = 2.0
 
 Each cell runs ``python -m pgsl_flower`` in its own process (a fresh Ray), its
 peak memory is the process tree's PSS. ``runs.csv`` gets one row per cell and is
@@ -91,14 +94,24 @@ class SweepSpec:
     #: When set, every cell's clients share this many images: samples-per-client = total // clients
     #: (the same federation split over more hospitals, rather than more data with more hospitals).
     total_samples: int = 0
+    #: Named strategies beyond the presets: name -> {"preset": <preset name>, <run-config overrides>...}
+    #: (a defense at another strength, another cut layer: the points of a privacy-utility frontier).
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategies_dir: Path = ROOT / "strategies"
+
+    def family(self, strategy: str) -> str:
+        """The preset a strategy is built on: itself, or a variant's ``preset``."""
+        return str(self.variants[strategy]["preset"]) if strategy in self.variants else strategy
 
     def cell_config(
         self, dataset: str, strategy: str, seed: int, clients: int | None = None, fold: int = -1
     ) -> dict[str, Any]:
-        """The run-config of one cell: preset, then [run-config], then [datasets.<name>]."""
-        preset = parse_config_args([str(self.strategies_dir / f"{strategy}.toml")])
-        config = {**preset, **self.run_config, **self.per_dataset.get(dataset, {}), "dataset": dataset, "seed": seed}
+        """The run-config of one cell: preset, then [run-config], then the variant's overrides,
+        then [dataset-config.<name>]."""
+        preset = parse_config_args([str(self.strategies_dir / f"{self.family(strategy)}.toml")])
+        overrides = {k: v for k, v in self.variants.get(strategy, {}).items() if k != "preset"}
+        config = {**preset, **self.run_config, **overrides, **self.per_dataset.get(dataset, {}),
+                  "dataset": dataset, "seed": seed}
         if self.total_samples and clients:
             config["samples-per-client"] = self.total_samples // clients
         if fold >= 0:
@@ -135,16 +148,26 @@ def load_spec(path: str | Path) -> SweepSpec:
     total = raw.get("total-samples", 0)
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:
         raise ConfigError(f"sweep spec {path}: 'total-samples' must be a non-negative integer, got {total!r}")
+    variants = raw.get("variants", {})
+    bad = [name for name, v in variants.items() if not isinstance(v, dict) or not isinstance(v.get("preset"), str)] \
+        if isinstance(variants, dict) else ["variants"]
+    if bad:
+        raise ConfigError(f"sweep spec {path}: [variants.<name>] {bad[0]!r} needs a 'preset' (a strategies/ preset "
+                          "name) and its run-config overrides; quote names with dots: [variants.\"laplace-b0.5\"]")
     spec = SweepSpec(
         name=str(raw["name"]), datasets=tuple(raw["datasets"]), strategies=tuple(raw["strategies"]),
         clients=tuple(int(n) for n in raw["clients"]), seeds=tuple(int(s) for s in raw["seeds"]),
         run_config=dict(raw.get("run-config", {})),
         per_dataset={k: dict(v) for k, v in raw.get("dataset-config", {}).items()},
-        total_samples=total, folds=tuple(folds),
+        total_samples=total, folds=tuple(folds), variants={k: dict(v) for k, v in variants.items()},
     )
+    unused = sorted(set(spec.variants) - set(spec.strategies))
+    if unused:
+        raise ConfigError(f"sweep spec {path}: variant(s) {unused} are not listed in 'strategies'")
     for strategy in spec.strategies:
-        if not (spec.strategies_dir / f"{strategy}.toml").is_file():
-            raise ConfigError(f"sweep spec {path}: strategy {strategy!r} has no preset {spec.strategies_dir}/{strategy}.toml")
+        preset = spec.family(strategy)
+        if not (spec.strategies_dir / f"{preset}.toml").is_file():
+            raise ConfigError(f"sweep spec {path}: strategy {strategy!r} has no preset {spec.strategies_dir}/{preset}.toml")
     if any(n < 1 for n in spec.clients) or not spec.clients or not spec.seeds:
         raise ConfigError(f"sweep spec {path}: 'clients' must be integers >= 1 and 'seeds' non-empty")
     if spec.total_samples and (spec.total_samples < max(spec.clients) or any(

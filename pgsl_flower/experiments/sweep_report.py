@@ -13,6 +13,10 @@ Tables give mean ± std over seeds (and cross-validation folds) of the finished 
   PSNR, among those whose mean utility is within 1 point of the undefended
   strategy's (each claim names its metric); utility is balanced accuracy on the
   medical (imbalanced) datasets and accuracy on MNIST;
+- the privacy-utility frontier (specs with ``[variants]``: a defense at several strengths):
+  per dataset and client count, each setting's utility against the strongest attack's PSNR
+  and SSIM with error bars, the Pareto front per defense family, the most private setting at
+  each utility level and what pushing the strongest attack below 15 dB PSNR costs;
 - cost: wall time per round, MB up/down per client per round, peak memory.
 
 Plots (PNG, one per dataset): accuracy vs client count per strategy; privacy-
@@ -23,6 +27,7 @@ communication per client vs client count; wall time per round vs client count.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -89,14 +94,20 @@ def at_chance(ok: pd.DataFrame) -> pd.DataFrame:
     return means[means.final_test_balanced_accuracy <= chance + CHANCE_MARGIN]
 
 
+def undefended_strategy(spec: SweepSpec) -> str | None:
+    """The spec's first strategy without a defense that is a plain preset (not a variant, e.g. another
+    cut layer): the reference of the matched-utility and frontier sections."""
+    return next((s for s in spec.strategies if s not in spec.variants
+                 and spec.cell_config(spec.datasets[0], s, spec.seeds[0]).get("defense", "none") == "none"), None)
+
+
 def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
-    undefended = [s for s in spec.strategies if spec.cell_config(spec.datasets[0], s, spec.seeds[0]).get(
-        "defense", "none") == "none"]
-    if not undefended or ok.best_attack_ssim.isna().all():
+    undefended = undefended_strategy(spec)
+    if undefended is None or ok.best_attack_ssim.isna().all():
         return []
-    rows = matched_utility(ok, undefended[0])
+    rows = matched_utility(ok, undefended)
     lines = [(f"## Privacy at matched utility (utility within {MATCHED_ACCURACY_DROP * 100:.0f} point of "
-              f"`{undefended[0]}`, the undefended strategy)"), "",
+              f"`{undefended}`, the undefended strategy)"), "",
              ("Utility is balanced accuracy on the medical datasets (imbalanced classes) and accuracy on MNIST; "
               "means over runs. Privacy is the strongest attack's SSIM and, separately, its PSNR (the strongest "
               "attack chosen per metric; lower = more private): each claim names its metric, and the two can name "
@@ -105,11 +116,11 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
               "`matched` together with it."), ""]
     chance = {(r.dataset, r.strategy, r.clients) for r in at_chance(ok).itertuples()}
     for (dataset, clients), group in rows.groupby(["dataset", "clients"], sort=True):
-        defended = group[(group.strategy != undefended[0]) & group.matched]
+        defended = group[(group.strategy != undefended) & group.matched]
         base_utility = group.utility_undefended.iloc[0]
         name = "balanced accuracy" if dataset in MEDICAL_DATASETS else "accuracy"
-        if (dataset, undefended[0], clients) in chance:
-            best = f"not meaningful: `{undefended[0]}` itself is at chance (it predicts one class)"
+        if (dataset, undefended, clients) in chance:
+            best = f"not meaningful: `{undefended}` itself is at chance (it predicts one class)"
         elif len(defended):
             best = "; ".join(_most_private(defended, metric, group[f"best_attack_{metric}_undefended"].iloc[0])
                              for metric in ("ssim", "psnr"))
@@ -152,6 +163,99 @@ def _strongest_attacks(ok: pd.DataFrame) -> str:
     labels = {"mse": "by MSE", "psnr": "by PSNR", "ssim": "by SSIM", "attacker_accuracy": "by attacker accuracy"}
     table = pd.DataFrame({labels[m]: strongest_attack_names(ok, m) for m in NAMED_METRICS})
     return _markdown(table.reset_index())
+
+
+#: Utility levels of the frontier table: points below the undefended strategy's utility.
+FRONTIER_DROPS = (1.0, 2.0, 5.0, 10.0)
+#: The PSNR the strongest attack must fall below for the "what does it cost" line.
+TARGET_PSNR = 15.0
+
+
+def pareto_front(utility: Sequence[float], leakage: Sequence[float]) -> list[bool]:
+    """Which points no other point dominates: none has utility >= and leakage <= (lower leakage =
+    more private), with one of the two strict."""
+    points = list(zip(utility, leakage, strict=True))
+    return [not any(u2 >= u and l2 <= l and (u2 > u or l2 < l) for u2, l2 in points) for u, l in points]
+
+
+def frontier_points(ok: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """Per dataset, client count and strategy: its family (preset), mean and std over runs of the
+    utility (:func:`utility_column`) and of the strongest attack's PSNR and SSIM (chosen per metric),
+    and whether it is on its family's Pareto front by PSNR."""
+    ok = ok.assign(utility=[row[utility_column(row.dataset)] for _, row in ok.iterrows()])
+    grouped = ok.groupby(GROUP)
+    points = grouped[["utility", "best_attack_psnr", "best_attack_ssim"]].agg(["mean", "std"])
+    points.columns = [f"{c}_{s}" for c, s in points.columns]
+    points = points.fillna({c: 0.0 for c in points.columns if c.endswith("_std")}).reset_index()
+    points["runs"] = grouped.size().values
+    points["family"] = points.strategy.map(spec.family)
+    points["front"] = False
+    for _, group in points.groupby(["dataset", "clients", "family"]):
+        points.loc[group.index, "front"] = pareto_front(group.utility_mean, group.best_attack_psnr_mean)
+    return points
+
+
+def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[str]:
+    """Utility against the strongest attack (PSNR, SSIM), each setting of each defense family."""
+    undefended = undefended_strategy(spec)
+    if not spec.variants or undefended is None or ok.best_attack_psnr.isna().all():
+        return []
+    points = frontier_points(ok, spec)
+    lines = ["## Privacy-utility frontier", "",
+             f"Every setting (a defense family at one strength, or a cut layer) against the strongest attack, chosen "
+             f"per metric (lower PSNR / SSIM = more private); mean ± std over runs. `front`: on its family's Pareto "
+             f"front by PSNR (no setting of the family has both higher utility and lower PSNR). Utility levels are "
+             f"points below `{undefended}` (no defense).", ""]
+    for (dataset, clients), group in points.groupby(["dataset", "clients"], sort=True):
+        base = group[group.strategy == undefended]
+        if base.empty:
+            continue
+        base_utility, base_psnr = base.utility_mean.iloc[0], base.best_attack_psnr_mean.iloc[0]
+        lines += [f"### {dataset}, {clients} clients (no defense: utility {base_utility * 100:.2f} %, strongest-attack "
+                  f"PSNR {base_psnr:.2f} dB)", ""]
+        for drop in FRONTIER_DROPS:
+            within = group[(base_utility - group.utility_mean) * 100 <= drop + 1e-9]
+            by_psnr = within.loc[within.best_attack_psnr_mean.idxmin()]
+            by_ssim = within.loc[within.best_attack_ssim_mean.idxmin()]
+            lines.append(f"- utility within {drop:g} point{'' if drop == 1 else 's'}: most private by PSNR **{by_psnr.strategy}** "
+                         f"({by_psnr.best_attack_psnr_mean:.2f} dB, utility {by_psnr.utility_mean * 100:.2f} %); by SSIM "
+                         f"**{by_ssim.strategy}** ({by_ssim.best_attack_ssim_mean:.3f}, utility "
+                         f"{by_ssim.utility_mean * 100:.2f} %).")
+        below = group[group.best_attack_psnr_mean < TARGET_PSNR]
+        if below.empty:
+            lines.append(f"- strongest attack below {TARGET_PSNR:g} dB PSNR: no setting gets there.")
+        else:
+            best = below.loc[below.utility_mean.idxmax()]
+            lines.append(f"- strongest attack below {TARGET_PSNR:g} dB PSNR: best utility **{best.strategy}** "
+                         f"({best.best_attack_psnr_mean:.2f} dB), at a cost of "
+                         f"{(base_utility - best.utility_mean) * 100:.2f} points.")
+        table = group.assign(
+            utility=[f"{m * 100:.2f} ± {d * 100:.2f}" for m, d in zip(group.utility_mean, group.utility_std, strict=True)],
+            psnr=[f"{m:.2f} ± {d:.2f}" for m, d in zip(group.best_attack_psnr_mean, group.best_attack_psnr_std, strict=True)],
+            ssim=[f"{m:.3f} ± {d:.3f}" for m, d in zip(group.best_attack_ssim_mean, group.best_attack_ssim_std, strict=True)],
+        ).sort_values(["family", "utility_mean"], ascending=[True, False])
+        lines += ["", _markdown(table[["strategy", "family", "utility", "psnr", "ssim", "front", "runs"]]), ""]
+        name = f"{dataset}_{clients}_frontier.png"
+        _plot_frontier(group, f"{dataset}, {clients} clients", utility_column(dataset), out_dir / name)
+        lines += [f"![{name}]({name})", ""]
+    return lines
+
+
+def _plot_frontier(group: pd.DataFrame, title: str, utility: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in zip(axes, ("best_attack_psnr", "best_attack_ssim"), ("PSNR dB", "SSIM"), strict=True):
+        for family, points in group.groupby("family"):
+            handle = ax.errorbar(points[f"{metric}_mean"], points.utility_mean * 100, xerr=points[f"{metric}_std"],
+                                 yerr=points.utility_std * 100, fmt="o", capsize=2, label=family)
+            front = points[pareto_front(points.utility_mean, points[f"{metric}_mean"])].sort_values(f"{metric}_mean")
+            ax.plot(front[f"{metric}_mean"], front.utility_mean * 100, "-", color=handle[0].get_color(), alpha=0.6)
+        ax.set_xlabel(f"strongest attack {label} (lower = more private)")
+        ax.set_ylabel(f"test {'balanced accuracy' if utility.endswith('balanced_accuracy') else 'accuracy'} (%)")
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _pooled_section(ok: pd.DataFrame) -> list[str]:
@@ -316,6 +420,7 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                       + ".", ""]
         lines += _pooled_section(ok)
         lines += _matched_section(ok, spec) if attacked else []
+        lines += _frontier_section(ok, spec, out_dir) if attacked else []
         lines += ["## Cost", "",
                   _table(ok, {"s per round": ("median_round_seconds", 1.0, 1),
                               "MB up per client per round": ("bytes_up_per_client", 1e-6, 1),
