@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -145,10 +146,14 @@ def test_a_modified_image_invalidates_the_entry(site: Path, tmp_path: Path) -> N
     first = load(site, cache)
     target = images_of(site)[1]
     before = target.stat()
-    save_image(target, 255 - first[1, 0])  # inverted
-    touch_later(target, before.st_mtime_ns)
-    if target.suffix == ".dcm":
+    if target.suffix == ".dcm":  # new pixel values in the same file: same size
+        ds = pydicom.dcmread(target)
+        ds.PixelData = (255 - ds.pixel_array).astype(np.uint8).tobytes()
+        ds.save_as(target)
         assert target.stat().st_size == before.st_size
+    else:
+        save_image(target, 255 - first[1, 0])  # inverted
+    touch_later(target, before.st_mtime_ns)
     now = load(site, cache)
     assert not np.array_equal(now[1], first[1])
     np.testing.assert_array_equal(now, load(site, None))
