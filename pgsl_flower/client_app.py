@@ -72,7 +72,10 @@ def _local_data(cfg: RunConfig, context: Context, partition_id: int) -> LocalDat
     node = context.node_config
     if node.get("data-dir"):
         depth = node.get("bit-depth")
-        return site_local_data(cfg, str(node["data-dir"]), partition_id, None if depth in (None, "") else int(depth))
+        return site_local_data(
+            cfg, str(node["data-dir"]), partition_id, None if depth in (None, "") else int(depth),
+            site_name=str(node.get("site-name", "")), cache_dir=str(node.get("cache-dir") or "") or None,
+        )
     if "num-partitions" not in node:
         raise ValueError(
             "node-config needs 'data-dir' (the site's image folder) or 'num-partitions' "

@@ -3,7 +3,8 @@
 In simulation, a partition of the training set, deterministic from (run config,
 partition id, number of partitions); in a deployment, the site's own folder
 (node-config ``data-dir``). Cached per process: Flower calls the ClientApp once per message, and reloading
-the dataset each time would dominate the run.
+the dataset each time would dominate the run. A deployment starts a new process per message, so a
+site's decoded images are also cached on the site's disk (:mod:`pgsl_flower.data.site_cache`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pgsl_flower.data import (
     partition_indices,
 )
 from pgsl_flower.data.partition import reserved_indices
+from pgsl_flower.data.site_cache import default_site_cache_dir
 from pgsl_flower.data.site_folder import load_site_folder
 from pgsl_flower.model import prepare_input
 from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
@@ -165,16 +167,23 @@ def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -
 
 
 @lru_cache(maxsize=8)
-def site_local_data(cfg: RunConfig, folder: str, partition_id: int, bit_depth: int | None = None) -> LocalData:
+def site_local_data(
+    cfg: RunConfig, folder: str, partition_id: int, bit_depth: int | None = None,
+    site_name: str = "", cache_dir: str | None = None,
+) -> LocalData:
     """A site's own folder of images + ``labels.csv`` (deployment: node-config ``data-dir``).
 
     Images of any size are made run-config ``image-size`` square (the dataset's default when 0)
     by run-config ``site-resize``, and labelled with the dataset's class names; ``bit_depth``
     (node-config ``bit-depth``), if given, is the depth every image must have. See
-    :mod:`pgsl_flower.data.site_folder`.
+    :mod:`pgsl_flower.data.site_folder`. The decoded images are cached on disk for the
+    next message's process in ``cache_dir`` (node-config ``cache-dir``, default
+    ``PGSL_CACHE_DIR/sites``), for this site (``site_name``, ``partition_id``) only:
+    :mod:`pgsl_flower.data.site_cache`.
     """
     site = load_site_folder(
-        folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth, resize=cfg.site_resize
+        folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth, resize=cfg.site_resize,
+        cache_dir=cache_dir or default_site_cache_dir(), site=f"{site_name}#{partition_id}",
     ).dataset
     indices = np.arange(len(site))
     return _split(cfg, site, indices, partition_id, [cfg.seed, partition_id], f"site folder {folder}")

@@ -82,3 +82,6 @@ def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
     for partition, site in enumerate(SITES):
         state = pilot.workdir / "site-state" / site / run_dir.name / f"partition-{partition}.round-1.pt"
         assert state.exists(), state
+        # and kept its decoded images in its own cache-dir: one entry (reuse is tested in test_site_cache.py)
+        (entry,) = (pilot.workdir / "site-cache" / site).glob("*.npz")
+        assert entry.name.startswith(f"site-{site}-{partition}-")

@@ -54,6 +54,7 @@ import torch
 
 from .errors import DataError
 from .partition import partition_indices
+from .site_cache import cached_site_images
 from .site_image import (
     BIT_DEPTHS,
     FORMATS,
@@ -292,6 +293,8 @@ def load_site_folder(
     bit_depth: int | None = None,
     name: str | None = None,
     resize: str = "pad",
+    cache_dir: str | Path | None = None,
+    site: str = "",
 ) -> SiteData:
     """Load a site folder (``labels.csv`` + images) into a :class:`SiteData`.
 
@@ -304,6 +307,10 @@ def load_site_folder(
     validated before any image is decoded; the first problem raises
     :class:`DataError` naming the file (and the CSV line/row). Bad arguments
     raise ValueError naming the argument.
+
+    With ``cache_dir``, the decoded images are kept there for site ``site`` and
+    reused while the folder's files and the settings are unchanged
+    (:mod:`.site_cache`); ``labels.csv`` is validated at every load.
     """
     classes = _check_classes(classes)
     size = check_int("image_size", image_size, 2)
@@ -313,13 +320,24 @@ def load_site_folder(
         raise ValueError(f"name: expected a non-empty str or None, got {name!r}")
     folder = _check_folder(folder)
 
+    if not isinstance(site, str):
+        raise ValueError(f"site: expected a str, got {site!r}")
     rows, _ = _read_rows(folder, classes)
-    images = np.empty((len(rows), 1, size, size), dtype=np.uint8)
-    for i, row in enumerate(rows):
-        try:
-            images[i, 0] = read_site_image(row.path, size, depth, rule)
-        except DataError as exc:
-            raise DataError(f"{exc} (listed in {folder / LABELS_FILE}, {row.where})") from exc.__cause__
+
+    def decode() -> np.ndarray:
+        images = np.empty((len(rows), 1, size, size), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            try:
+                images[i, 0] = read_site_image(row.path, size, depth, rule)
+            except DataError as exc:
+                raise DataError(f"{exc} (listed in {folder / LABELS_FILE}, {row.where})") from exc.__cause__
+        return images
+
+    if cache_dir is None:
+        images = decode()
+    else:
+        settings = [list(classes), size, depth, rule]
+        images = cached_site_images(folder, site, settings, size, [r.path for r in rows], decode, Path(cache_dir))
     dataset = ImageDataset(
         images=torch.from_numpy(images),
         labels=torch.tensor([r.label for r in rows], dtype=torch.int64),

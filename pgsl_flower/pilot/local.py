@@ -195,12 +195,13 @@ class LocalPilot:
 
     def supernode_command(self, site: str, partition: int, key: Path | None = None, tls: bool = True,
                           extra: list[str] | None = None) -> list[str]:
-        """The site's ``flower-supernode`` command line (its data folder and state dir via --node-config)."""
+        """The site's ``flower-supernode`` command line (its data folder, state and cache dirs via --node-config)."""
         node_config = {
             "partition-id": partition,
             "site-name": site,
             "data-dir": str(Path(self.sites[site]).resolve()),
             "state-dir": str(self.workdir / "site-state" / site),
+            "cache-dir": str(self.workdir / "site-cache" / site),
         }
         command = [str(self.bin / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                    "--node-config", config_arg(node_config), "--host", "127.0.0.1", "--port", str(free_port())]
