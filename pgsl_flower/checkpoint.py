@@ -69,17 +69,32 @@ def server_checkpoint_path(resume_from: str | Path) -> Path:
     return path / SERVER_CHECKPOINT if path.is_dir() else path
 
 
+#: Run-config keys added after checkpoints existed, whose default reproduces what a checkpoint
+#: written before them did: such a checkpoint resumes at the default. Any other missing key is a
+#: difference (e.g. 'bn-recalibration': runs before it had no recalibration at all).
+PREDATED_KEYS = frozenset({"cut-layer", "adversary-role", "adversary-aux-samples"})
+_MISSING = object()
+
+
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], ignored: set[str]) -> None:
-    """Raise naming the first run-config key whose value differs from the checkpoint's; a key the
-    checkpoint predates (e.g. 'cut-layer') counts as its default."""
+    """Raise naming the first run-config key whose value differs from the checkpoint's; a key of
+    :data:`PREDATED_KEYS` that the checkpoint predates counts as its default."""
     defaults = default_run_config()
     for key in sorted(set(saved) | set(current)):
         if key in ignored:
             continue
-        if saved.get(key, defaults.get(key)) != current.get(key):
+        if key in saved:
+            was = saved[key]
+        elif key in PREDATED_KEYS:
+            was = defaults.get(key)
+        else:
+            was = _MISSING
+        if was is _MISSING or was != current.get(key):
+            written = repr(saved[key]) if key in saved else (
+                f"{was!r} (the key's default: the checkpoint predates it)" if key in PREDATED_KEYS else "no such key")
             raise CheckpointError(
                 f"run-config '{key}' is {current.get(key)!r}, but the checkpoint was written with "
-                f"{saved.get(key)!r}: resume with the same configuration"
+                f"{written}: resume with the same configuration"
             )
 
 

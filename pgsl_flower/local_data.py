@@ -26,7 +26,6 @@ from pgsl_flower.data import (
     partition_indices,
 )
 from pgsl_flower.data.partition import reserved_indices
-from pgsl_flower.data.site_cache import default_site_cache_dir
 from pgsl_flower.data.site_folder import load_site_folder
 from pgsl_flower.model import prepare_input
 from pgsl_flower.pgsl.client_side import AttackSettings, attacked_split
@@ -176,14 +175,14 @@ def site_local_data(
     Images of any size are made run-config ``image-size`` square (the dataset's default when 0)
     by run-config ``site-resize``, and labelled with the dataset's class names; ``bit_depth``
     (node-config ``bit-depth``), if given, is the depth every image must have. See
-    :mod:`pgsl_flower.data.site_folder`. The decoded images are cached on disk for the
-    next message's process in ``cache_dir`` (node-config ``cache-dir``, default
-    ``PGSL_CACHE_DIR/sites``), for this site (``site_name``, ``partition_id``) only:
-    :mod:`pgsl_flower.data.site_cache`.
+    :mod:`pgsl_flower.data.site_folder`. With ``cache_dir`` (node-config ``cache-dir``; off when
+    unset: decoded patient images are copied nowhere the site did not choose), the decoded images
+    are cached there for the next message's process, for this site (``site_name``,
+    ``partition_id``) only: :mod:`pgsl_flower.data.site_cache`.
     """
     site = load_site_folder(
         folder, CLASSES[cfg.dataset], cfg.resolved_image_size, bit_depth, resize=cfg.site_resize,
-        cache_dir=cache_dir or default_site_cache_dir(), site=f"{site_name}#{partition_id}",
+        cache_dir=cache_dir or None, site=f"{site_name}#{partition_id}",
     ).dataset
     indices = np.arange(len(site))
     return _split(cfg, site, indices, partition_id, [cfg.seed, partition_id], f"site folder {folder}")

@@ -146,7 +146,9 @@ def seeded_dropout(module: nn.Module, seed: int) -> Iterator[None]:
         return
     devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # only the generators fork_rng restores
+        for device in devices:
+            torch.cuda.default_generators[device].manual_seed(seed)
         yield
 
 

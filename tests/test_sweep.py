@@ -314,3 +314,24 @@ def test_the_frontier_section_names_the_most_private_setting_per_utility_level(t
     assert (tmp_path / "tiny" / "mnist_3_frontier.png").stat().st_size > 1000
     # the matched-utility reference is the plain preset, not a variant without a defense
     assert "utility within 1 point of `splitfed`" in report
+
+
+def test_the_report_survives_settings_whose_attacks_all_failed(tmp_path):
+    spec_path = _frontier_spec(tmp_path)
+    spec_path.write_text(spec_path.read_text().replace("clients = [3]", "clients = [2, 3]"))
+    spec = load_spec(spec_path)
+    nan = float("nan")
+    strategies = ["splitfed", "laplace", "laplace-b2", "splitfed-cut1"]
+    runs = _scored_runs(  # at 2 clients no cell has an attack score (e.g. every attack failed)
+        strategy=strategies * 2, seed=[1] * 8, clients=[2] * 4 + [3] * 4,
+        final_test_accuracy=[0.95, 0.945, 0.90, 0.95] * 2,
+        best_attack_psnr=[nan] * 4 + [30.0, 22.0, 14.0, 29.0], best_attack_ssim=[nan] * 4 + [0.7, 0.5, 0.2, 0.72],
+        best_attack_mse=[nan] * 4 + [0.001] * 4, decoder_psnr=[nan] * 4 + [30.0, 22.0, 14.0, 29.0],
+        decoder_ssim=[nan] * 4 + [0.7, 0.5, 0.2, 0.72], decoder_mse=[nan] * 4 + [0.001] * 4,
+    )
+    (tmp_path / "tiny").mkdir()
+    runs.to_csv(tmp_path / "tiny" / "runs.csv", index=False)
+    report = write_report(spec, tmp_path / "tiny")  # raised on idxmin over all-NaN scores before
+    assert "- utility within 1 point: no setting with attack scores." in report
+    assert "by SSIM, no matched defense has an attack score" in report
+    assert "- utility within 1 point: most private by PSNR **laplace** (22.00 dB" in report

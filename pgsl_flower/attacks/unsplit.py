@@ -37,7 +37,7 @@ def fresh_clone(client: nn.Module, seed: int) -> nn.Module:
     (BatchNorm statistics reset too): nothing of the victim's weights is kept."""
     clone = copy.deepcopy(client)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng restores no other
         for module in clone.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):

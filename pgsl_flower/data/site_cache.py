@@ -4,7 +4,8 @@ Flower starts a new ClientApp process for every message, and each one would
 read and decode the site's whole folder again (seconds per exchange for a few
 hundred images). :func:`cached_site_images` keeps the decoded
 ``(N, 1, image_size, image_size)`` uint8 array in the site's own cache folder
-(node-config ``cache-dir``, else ``PGSL_CACHE_DIR/sites``), via
+(node-config ``cache-dir``; no cache when the site sets none: it decides where
+copies of its patients' images may live), via
 :func:`~pgsl_flower.data.disk_cache.cached_arrays`.
 
 The key holds:
@@ -37,16 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .disk_cache import cache_root, cached_arrays
+from .disk_cache import cached_arrays
 
-__all__ = ["cached_site_images", "default_site_cache_dir", "folder_listing"]
+__all__ = ["cached_site_images", "folder_listing"]
 
 _VERSION = 1
-
-
-def default_site_cache_dir() -> Path:
-    """``PGSL_CACHE_DIR/sites`` (else ``~/.cache/pgsl-flower/sites``)."""
-    return cache_root() / "sites"
 
 
 def folder_listing(folder: Path, skip: Path | None = None) -> list[tuple[str, int, int]]:

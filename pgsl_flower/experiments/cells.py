@@ -10,7 +10,6 @@ rename), so an interruption, even mid-write, loses at most the cell in progress.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -61,11 +60,11 @@ def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
     """``frame.to_csv(path)`` through a temporary file in the same folder and a rename: a reader (or a
     kill) in the middle sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created like path itself (the umask's mode)
     try:
-        with os.fdopen(handle, "w", newline="") as stream:
+        with tmp.open("w", newline="") as stream:
             frame.to_csv(stream, index=False)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

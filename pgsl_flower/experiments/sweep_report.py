@@ -139,7 +139,11 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
 def _most_private(defended: pd.DataFrame, metric: str, undefended: float) -> str:
     """The matched defended strategy whose strongest attack scores lowest on ``metric`` (SSIM or
     PSNR: lower = more private), against the undefended value."""
-    row = defended.loc[defended[f"best_attack_{metric}"].idxmin()]
+    label = "SSIM" if metric == "ssim" else "PSNR"
+    scored = defended.dropna(subset=[f"best_attack_{metric}"])
+    if scored.empty:
+        return f"by {label}, no matched defense has an attack score"
+    row = scored.loc[scored[f"best_attack_{metric}"].idxmin()]
     value, label, digits = row[f"best_attack_{metric}"], "SSIM" if metric == "ssim" else "PSNR", 3 if metric == "ssim" else 2
     unit = "" if metric == "ssim" else " dB"
     return (f"by {label}, **{row.strategy}** ({value:.{digits}f}{unit} against {undefended:.{digits}f}{unit} undefended"
@@ -214,7 +218,11 @@ def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[
         lines += [f"### {dataset}, {clients} clients (no defense: utility {base_utility * 100:.2f} %, strongest-attack "
                   f"PSNR {base_psnr:.2f} dB)", ""]
         for drop in FRONTIER_DROPS:
-            within = group[(base_utility - group.utility_mean) * 100 <= drop + 1e-9]
+            within = group[((base_utility - group.utility_mean) * 100 <= drop + 1e-9)
+                           & group.best_attack_psnr_mean.notna() & group.best_attack_ssim_mean.notna()]
+            if within.empty:
+                lines.append(f"- utility within {drop:g} point{'' if drop == 1 else 's'}: no setting with attack scores.")
+                continue
             by_psnr = within.loc[within.best_attack_psnr_mean.idxmin()]
             by_ssim = within.loc[within.best_attack_ssim_mean.idxmin()]
             lines.append(f"- utility within {drop:g} point{'' if drop == 1 else 's'}: most private by PSNR **{by_psnr.strategy}** "
