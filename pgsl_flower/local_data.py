@@ -105,21 +105,26 @@ AUX_POOL_FRACTION = 0.1
 _AUX_SALT = 104_729
 
 
-def aux_pool(cfg: RunConfig, num_samples: int) -> np.ndarray:
-    """Training-set indices of the adversary's auxiliary pool (empty when 'adversary-aux-samples'
-    is 0): a seeded slice fixed by the run's seed alone, the same for every client count.
-
-    Raises :class:`ConfigError` when 'adversary-aux-samples' exceeds the pool.
-    """
+def aux_pool_size(cfg: RunConfig, num_samples: int) -> int:
+    """Size of the adversary's auxiliary pool: :data:`AUX_POOL_FRACTION` of the training set when
+    'adversary-aux-samples' > 0, else 0. Raises :class:`ConfigError` when 'adversary-aux-samples'
+    exceeds the pool."""
     if not cfg.adversary_aux_samples:
-        return np.zeros(0, dtype=np.int64)
+        return 0
     size = int(num_samples * AUX_POOL_FRACTION)
     if cfg.adversary_aux_samples > size:
         raise ConfigError(
             f"run-config 'adversary-aux-samples' = {cfg.adversary_aux_samples} is more than the auxiliary pool: "
             f"{size} images ({AUX_POOL_FRACTION:.0%} of the {num_samples} {cfg.dataset} training images)"
         )
-    return reserved_indices(num_samples, cfg.seed, size)
+    return size
+
+
+def aux_pool(cfg: RunConfig, num_samples: int) -> np.ndarray:
+    """Training-set indices of the adversary's auxiliary pool (empty when 'adversary-aux-samples'
+    is 0): a seeded slice fixed by the run's seed alone, the same for every client count."""
+    size = aux_pool_size(cfg, num_samples)
+    return reserved_indices(num_samples, cfg.seed, size) if size else np.zeros(0, dtype=np.int64)
 
 
 def aux_indices(cfg: RunConfig, num_samples: int) -> np.ndarray:
@@ -150,7 +155,7 @@ def client_partitions(cfg: RunConfig, labels: np.ndarray, num_partitions: int) -
     that do not fit the training set for this client count) raises :class:`ConfigError` naming
     the key and its value.
     """
-    reserve = aux_pool(cfg, labels.size).size  # the adversary's auxiliary pool is in no partition
+    reserve = aux_pool_size(cfg, labels.size)  # the adversary's auxiliary pool is in no partition
     try:
         return partition_indices(
             labels, num_partitions, partitioner=cfg.partitioner, alpha=cfg.alpha, seed=cfg.seed,

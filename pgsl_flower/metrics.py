@@ -44,11 +44,22 @@ METRIC_COLUMNS = (
 PER_CLASS_COLUMNS = ("round", "class", "support", "recall", "precision", "f1")
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder and a rename: a reader (or a
+    kill) in the middle sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created like path itself (the umask's mode)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def write_confusion_matrix(path: Path, report: ClassificationReport) -> None:

@@ -60,7 +60,7 @@ from pgsl_flower.local_data import (
     dropout_seed,
     local_data,
 )
-from pgsl_flower.model import ClientNet, build_client_net, seeded_dropout
+from pgsl_flower.model import ClientNet, build_client_net, input_channels, seeded_dropout
 
 
 @dataclass
@@ -138,7 +138,7 @@ def adversary_knowledge(
     if data is None:
         channels, height, width = image_shape
         images = torch.zeros(0, channels, height, width)
-        inputs = torch.zeros(0, 4 * channels + 1, height // 2, width // 2)
+        inputs = torch.zeros(0, input_channels(channels), height // 2, width // 2)
     else:
         images = data.train_images.float() / 255
         inputs = data.inputs(torch.arange(data.train_labels.shape[0]))

@@ -9,7 +9,6 @@ rename), so an interruption, even mid-write, loses at most the cell in progress.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from pgsl_flower.metrics import write_text_atomically
 
 
 def load_runs(path: Path, columns: Sequence[str]) -> pd.DataFrame:
@@ -52,19 +53,5 @@ def run_cell(
     row["wall_seconds"] = round(time.perf_counter() - started, 1)
     runs = pd.concat([runs[~_selector(runs, key)], pd.DataFrame([row])], ignore_index=True)
     runs = runs.reindex(columns=list(columns))
-    write_csv_atomically(runs, path)
+    write_text_atomically(path, runs.to_csv(index=False))  # rendered first: a failure touches no file
     return runs
-
-
-def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
-    """``frame.to_csv(path)`` through a temporary file in the same folder and a rename: a reader (or a
-    kill) in the middle sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created like path itself (the umask's mode)
-    try:
-        with tmp.open("w", newline="") as stream:
-            frame.to_csv(stream, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
