@@ -14,7 +14,8 @@ protocol leaves it empty (``map_channel_is_zero``); under a pixel-attacked defen
 (PGSL) the adversary does not know the victim's map, so ``m = sigmoid(w)`` is
 optimised as well. A smashed-data release defense (``knowledge.release``, e.g.
 Laplace noise) is *not* applied inside the loop: its noise is random, so the
-attack simply matches the ``h`` it observed.
+attack matches the ``h`` it observed. The noise-aware variant (``white-box-l1``)
+matches it in L1, the maximum-likelihood data term when ``h`` carries Laplace noise.
 """
 
 from __future__ import annotations
@@ -66,9 +67,19 @@ class CandidateInput:
         return prepare_input(self.images(), None if self.w is None else torch.sigmoid(self.w))
 
 
-def matching_loss(client: torch.nn.Module, candidate: CandidateInput, target: torch.Tensor, tv_weight: float) -> torch.Tensor:
-    """rMLE objective: ``MSE(client(prepare_input(x, m)), h) + tv_weight * TV(x)``."""
-    return F.mse_loss(client(candidate.client_input()), target) + tv_weight * total_variation(candidate.images())
+#: Data terms of the matching loss: squared error (the MLE under Gaussian noise on ``h``, and
+#: rMLE's choice) or absolute error (the MLE under Laplace noise on ``h``).
+MATCHING_NORMS = ("l2", "l1")
+
+
+def matching_loss(
+    client: torch.nn.Module, candidate: CandidateInput, target: torch.Tensor, tv_weight: float, norm: str = "l2",
+) -> torch.Tensor:
+    """rMLE objective: ``MSE(client(prepare_input(x, m)), h) + tv_weight * TV(x)``; with
+    ``norm = "l1"`` the mean absolute error replaces the MSE."""
+    output = client(candidate.client_input())
+    data_term = F.l1_loss(output, target) if norm == "l1" else F.mse_loss(output, target)
+    return data_term + tv_weight * total_variation(candidate.images())
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,12 @@ class WhiteBoxInversion(PixelSpaceInversion):
 
     steps: int = 1000
     name: str = "white-box"
+    norm: str = "l2"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.norm not in MATCHING_NORMS:
+            raise ValueError(f"norm must be one of {MATCHING_NORMS}, got {self.norm!r}")
 
     def reconstruct(self, observation: SmashedDataObservation) -> torch.Tensor:
         knowledge, smashed = observation.knowledge, observation.smashed.detach()
@@ -123,7 +140,7 @@ class WhiteBoxInversion(PixelSpaceInversion):
         candidate = CandidateInput.start(target, channels, map_is_zero, self.init_std, generator)
         optimizer = torch.optim.Adam(candidate.parameters(), lr=self.lr)
         for _ in range(self.steps):
-            loss = matching_loss(client, candidate, target, self.tv_weight)
+            loss = matching_loss(client, candidate, target, self.tv_weight, self.norm)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
