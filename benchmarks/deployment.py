@@ -10,15 +10,29 @@ Per-exchange latency = the round's training seconds / training messages per
 client (clients exchange in parallel; each one's messages are sequential).
 Samples/s = training samples of all clients / training seconds.
 
+Deployment settings (``--deploy``, each ``APP:DTYPE:POLL``) are compared side by
+side in one command: APP is ``head`` (this checkout) or a path to another
+checkout of the project (e.g. the main branch: the "before" numbers); DTYPE the
+run-config ``payload-dtype`` (``float32`` or ``float16``; an app without that key
+can only run ``float32``); POLL the SuperExec task poll interval in seconds
+(``LocalPilot(task_poll_interval=...)``) or ``flower`` for Flower's default (1.0 s).
+Settings with the same POLL share one pilot (SuperLink + SuperNodes); all pilots
+are up for the whole command and the settings take turns for each k.
+
     python benchmarks/deployment.py                 # 3 sites, k = 1 8, 320 images per site
     python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088
+    python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088 --k1-batches 8
+        --deploy /work/main:float32:flower head:float32:flower head:float32:0.1 head:float16:0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import statistics
 import sys
+from dataclasses import dataclass
 import tempfile
 from pathlib import Path
 
@@ -27,8 +41,36 @@ sys.path.insert(0, str(ROOT))
 
 from pgsl_flower.data import load_dataset, resolve_data_root  # noqa: E402
 from pgsl_flower.data.site_folder import write_site_folder  # noqa: E402
-from pgsl_flower.pilot.local import LocalPilot, copy_app  # noqa: E402
+from pgsl_flower.pilot.local import DEFAULT_TASK_POLL_INTERVAL, LocalPilot, copy_app  # noqa: E402
 from pgsl_flower.simulation import simulate  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One deployment setting: which app, the payload dtype on the wire, the SuperExec poll."""
+
+    app: str  # "head" or a project checkout
+    dtype: str  # run-config payload-dtype
+    poll: float | None  # None: Flower's default
+
+    @property
+    def label(self) -> str:
+        app = "head" if self.app == "head" else Path(self.app).name
+        return f"{app} {self.dtype} poll={'flower' if self.poll is None else f'{self.poll:g}'}"
+
+
+def parse_setting(text: str) -> Setting:
+    """``APP:DTYPE:POLL`` (see the module docstring)."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or parts[1] not in ("float32", "float16"):
+        raise argparse.ArgumentTypeError(f"--deploy {text!r}: expected APP:float32|float16:SECONDS|flower")
+    app, dtype, poll = parts
+    if app != "head" and not (Path(app) / "pgsl_flower").is_dir():
+        raise argparse.ArgumentTypeError(f"--deploy {text!r}: {app} is not a checkout of this project")
+    try:
+        return Setting(app, dtype, None if poll == "flower" else float(poll))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--deploy {text!r}: POLL must be seconds or 'flower'") from None
 
 
 def _round(run_dir: Path) -> dict[str, float]:
@@ -49,11 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-site", type=int, default=320, help="images per site (10%% held out)")
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--k1-batches", type=int, default=0,
+                        help="k = 1 only: batches per client per round (run-config batches-per-round; 0: one pass), "
+                             "to keep its many exchanges short; s per exchange does not depend on it")
+    parser.add_argument("--deploy", type=parse_setting, nargs="+",
+                        default=[Setting("head", "float32", DEFAULT_TASK_POLL_INTERVAL)], metavar="APP:DTYPE:POLL",
+                        help=f"deployment settings (default: head:float32:{DEFAULT_TASK_POLL_INTERVAL:g})")
+    parser.add_argument("--no-simulation", action="store_true", help="deployment runs only")
     args = parser.parse_args(argv)
 
     train, _ = load_dataset("mnist", None)
-    base = {"num-rounds": 1, "batch-size": args.batch_size, "local-eval-samples": 16, "test-samples": 500,
-            "min-available-clients": args.sites, "reply-timeout": 600.0, "seed": 1}
+    # only the training exchange is measured: no held-out evaluation or BatchNorm recalibration messages
+    base = {"num-rounds": 1, "batch-size": args.batch_size, "local-eval-samples": 0, "bn-recalibration": "off",
+            "test-samples": 500, "min-available-clients": args.sites, "reply-timeout": 900.0, "seed": 1}
+
+    def config(k: int, dtype: str) -> dict:
+        cap = {"batches-per-round": args.k1_batches} if k == 1 and args.k1_batches else {}
+        wire = {"payload-dtype": dtype} if dtype != "float32" else {}  # an older app lacks the key
+        return {**base, "batches-per-message": k, **cap, **wire}
+
+    dtypes = list(dict.fromkeys(s.dtype for s in args.deploy))
+    polls = list(dict.fromkeys(s.poll for s in args.deploy))
     results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="pgsl-deploy-bench-") as tmp:
         work = Path(tmp)
@@ -62,42 +120,63 @@ def main(argv: list[str] | None = None) -> int:
                                            work / "data" / f"site-{k}")
             for k in range(args.sites)
         }
-        for k in args.chunks:
-            run_dir = work / f"sim-k{k}"
-            simulate({**base, "samples-per-client": args.per_site, "batches-per-message": k}, args.sites,
-                     run_dir=run_dir)
-            results["simulation", k] = _round(run_dir)
-        pilot = LocalPilot(work / "pilot", sites, copy_app(ROOT, work / "app"),
-                           env={"PGSL_DATA_DIR": str(resolve_data_root())})
-        with pilot:
-            pilot.start()
+        if not args.no_simulation:
             for k in args.chunks:
-                output = work / f"deploy-k{k}"
-                result = pilot.run({**base, "samples-per-client": 0, "batches-per-message": k,
-                                    "output-dir": str(output)})
-                if result.status != "finished:completed":
-                    print(result.log[-3000:], file=sys.stderr)
-                    raise SystemExit(f"deployment run k={k}: {result.status} {result.details}")
-                (run_dir,) = output.iterdir()
-                results["deployment", k] = _round(run_dir)
+                for dtype in dtypes:
+                    run_dir = work / f"sim-k{k}-{dtype}"
+                    simulate({**config(k, dtype), "samples-per-client": args.per_site}, args.sites, run_dir=run_dir)
+                    results[f"simulation head {dtype}", k] = _round(run_dir)
+                    print(f"simulation k={k} {dtype}: {results[f'simulation head {dtype}', k]}", flush=True)
+        apps = {app: ROOT if app == "head" else Path(app).resolve() for app in dict.fromkeys(s.app for s in args.deploy)}
+        packaged = {app: copy_app(root, work / f"app-{index}") for index, (app, root) in enumerate(apps.items())}
+        with contextlib.ExitStack() as stack:  # one pilot per poll setting, all up at once
+            pilots = {}
+            for index, poll in enumerate(polls):
+                pilots[poll] = stack.enter_context(LocalPilot(
+                    work / f"pilot-{index}", sites, next(iter(packaged.values())),
+                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, task_poll_interval=poll))
+                pilots[poll].start()
+            # k-major, settings in turn: every setting of one k runs close together in time, so a
+            # change in the machine's load (a shared machine) hits them alike
+            for k in args.chunks:
+                for setting in args.deploy:
+                    pilot = pilots[setting.poll]
+                    pilot.app_dir = packaged[setting.app]
+                    output = work / f"deploy-{len(results)}"
+                    result = pilot.run({**config(k, setting.dtype), "samples-per-client": 0, "output-dir": str(output)})
+                    if result.status != "finished:completed":
+                        print(result.log[-3000:], file=sys.stderr)
+                        raise SystemExit(f"deployment run {setting.label} k={k}: {result.status} {result.details}")
+                    (run_dir,) = output.iterdir()
+                    results[f"deployment {setting.label}", k] = _round(run_dir)
+                    print(f"deployment {setting.label} k={k}: {results[f'deployment {setting.label}', k]}", flush=True)
 
-    print(f"\n{args.sites} sites, {args.per_site} MNIST images each, batch {args.batch_size}, one round; "
+    modes = list(dict.fromkeys(mode for mode, _ in results))
+    cap = f", k = 1 capped at {args.k1_batches} batches per client" if args.k1_batches else ""
+    print(f"\n{args.sites} sites, {args.per_site} MNIST images each, batch {args.batch_size}, one round{cap}; "
           "exchange = training seconds / training messages per client\n")
     print("| k | mode | messages/client | s per exchange | samples/s | round s |")
     print("|---|---|---|---|---|---|")
     for k in args.chunks:
-        for mode in ("simulation", "deployment"):
+        for mode in modes:
             r = results[mode, k]
             print(f"| {k} | {mode} | {r['messages']} | {r['exchange_s']:.2f} | {r['samples_per_s']:.1f} "
                   f"| {r['round_s']:.1f} |")
-    print("\n| k | deployment / simulation, s per exchange | deployment / simulation, samples/s |")
-    print("|---|---|---|")
+    deployed = [mode for mode in modes if mode.startswith("deployment")]
+    first = deployed[0]
+    print(f"\nSide by side (ratios against the first deployment setting, {first.removeprefix('deployment ')}):\n")
+    print("| k | " + " | ".join(m.removeprefix("deployment ") for m in deployed) + " |")
+    print("|---|" + "---|" * len(deployed))
     for k in args.chunks:
-        sim, dep = results["simulation", k], results["deployment", k]
-        print(f"| {k} | x{dep['exchange_s'] / sim['exchange_s']:.1f} | x{dep['samples_per_s'] / sim['samples_per_s']:.2f} |")
-    first, last = args.chunks[0], args.chunks[-1]
-    gain = results["deployment", last]["samples_per_s"] / results["deployment", first]["samples_per_s"]
-    print(f"\ndeployment samples/s, k={last} vs k={first}: x{gain:.1f}")
+        base_r = results[first, k]
+        cells = [f"{results[m, k]['exchange_s']:.2f} s, {results[m, k]['samples_per_s']:.1f}/s"
+                 + ("" if m == first else f" (x{results[m, k]['samples_per_s'] / base_r['samples_per_s']:.2f})")
+                 for m in deployed]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    for mode in deployed:
+        gains = [results[mode, k]["samples_per_s"] / results[first, k]["samples_per_s"] for k in args.chunks]
+        print(f"{mode}: median samples/s ratio to the first setting over k = {args.chunks}: "
+              f"x{statistics.median(gains):.2f}")
     return 0
 
 

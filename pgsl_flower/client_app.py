@@ -160,6 +160,7 @@ class SplitClient:
             content,
             [(len(idx), *self.smashed_shape) for idx in indices],
             max_bytes=self.cfg.max_payload_bytes,
+            dtype=protocol.payload_dtype(self.cfg.payload_dtype),
         )
         self.model.train()
         with self._trainable() as (model, optimizer):
@@ -214,7 +215,10 @@ class SplitClient:
             with torch.no_grad(), _frozen_running_stats(self.model), seeded_dropout(self.model, seed):
                 smashed = self.model(inputs)
             smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
-            records[protocol.batch_record(i)] = protocol.encode_batch(smashed, self.data.labels(indices))
+            records[protocol.batch_record(i)] = protocol.encode_batch(
+                smashed, self.data.labels(indices), protocol.payload_dtype(self.cfg.payload_dtype),
+                protocol.batch_record(i),
+            )
         self.counter += count
         return records
 
@@ -230,7 +234,9 @@ class SplitClient:
         with torch.no_grad():
             smashed = self.model(self.data.inputs(indices, "holdout"))
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, HOLDOUT_BATCH))
-        return protocol.encode_batch(smashed, self.data.labels(indices, "holdout"))
+        return protocol.encode_batch(
+            smashed, self.data.labels(indices, "holdout"), protocol.payload_dtype(self.cfg.payload_dtype)
+        )
 
     # -- BatchNorm recalibration (run-config bn-recalibration) ---------------------------------
     def calibration_batches(self, instructions: ConfigRecord) -> list[torch.Tensor]:
@@ -256,7 +262,9 @@ class SplitClient:
         with torch.no_grad():
             smashed = torch.cat([self.model(batch) for batch in self.calibration_batches(instructions)])
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, CALIBRATION_BATCH))
-        return protocol.encode_calibration(smashed.split(self.cfg.batch_size))
+        return protocol.encode_calibration(
+            smashed.split(self.cfg.batch_size), protocol.payload_dtype(self.cfg.payload_dtype)
+        )
 
     def save(self) -> None:
         state = self.context.state

@@ -29,6 +29,8 @@ CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
 #: How site-folder images of any aspect become square (pgsl_flower.data.site_image.RESIZE_RULES).
 SITE_RESIZES = ("pad", "crop")
 DEVICES = ("auto", "cpu", "cuda")
+#: Run-config 'payload-dtype': how smashed data and gradients travel (pgsl_flower.protocol.PAYLOAD_DTYPES).
+PAYLOAD_DTYPES = ("float32", "float16")
 DEFENSES = ("none", "pixel-attack", "pgsl", "laplace", "nopeek", "dp-sgd", "latent-perturbation")
 CLIENT_NORMS = ("batch", "group")
 #: Defenses whose client input is the intentional pixel attack + saliency channel.
@@ -94,6 +96,7 @@ class RunConfig:
     tracking: str = "none"  # none | tensorboard: per-round metrics and the config into <run dir>/tensorboard/
     resume_from: str = ""  # a run folder (or its checkpoint.pt) to continue after its last complete round
     max_payload_mb: float = 64.0
+    payload_dtype: str = "float32"  # float32 | float16: smashed data and gradients on the wire (weights stay float32)
     min_available_clients: int = 1
     fraction_train: float = 1.0  # share of the connected clients sampled to train each round
     min_train_clients: int = 1  # ... but at least this many (capped by the clients connected)
@@ -133,6 +136,7 @@ class RunConfig:
         _check_choice("class-assignment", self.class_assignment, CLASS_ASSIGNMENTS)
         _check_choice("site-resize", self.site_resize, SITE_RESIZES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("payload-dtype", self.payload_dtype, PAYLOAD_DTYPES)
         _check_choice("defense", self.defense, DEFENSES)
         _check_choice("client-norm", self.client_norm, CLIENT_NORMS)
         _check_choice("breast-crop", self.breast_crop, SWITCHES)

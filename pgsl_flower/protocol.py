@@ -29,6 +29,13 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
 Raw images never appear in any payload. Each side decodes with
 :func:`array_to_tensor`, which checks dtype, shape, size and finiteness *before*
 anything is used, and names the offending field.
+
+Run-config ``payload-dtype`` (:data:`PAYLOAD_DTYPES`) sets how the smashed data
+(``batch*.h``, ``calibration.h.*``) and the gradients (``grad.*.h``) travel:
+``float32`` (default) or ``float16``, half the bytes. The sender casts with
+:func:`wire_array`, which refuses a value the cast would overflow to inf; the
+receiver checks the wire dtype and finiteness as for any payload and computes in
+float32. Model weights, moments and attack payloads always travel as float32.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ CALIBRATION = "calibration"
 
 _NUMPY_STYPE = "numpy.ndarray"
 
+#: Run-config 'payload-dtype' -> the dtype smashed data and gradients travel as.
+PAYLOAD_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+
 
 class PayloadError(ValueError):
     """A message payload is malformed: wrong dtype/shape, non-finite, or too large."""
@@ -66,6 +76,38 @@ class PayloadError(ValueError):
 def tensor_to_array(tensor: torch.Tensor) -> Array:
     """Serialise a tensor (detached, moved to CPU) as a Flower ``Array``."""
     return Array(tensor.detach().cpu().contiguous().numpy())
+
+
+def payload_dtype(name: str) -> torch.dtype:
+    """The wire dtype of run-config 'payload-dtype' ``name``."""
+    if name not in PAYLOAD_DTYPES:
+        raise PayloadError(f"run-config 'payload-dtype' must be one of {list(PAYLOAD_DTYPES)}, got {name!r}")
+    return PAYLOAD_DTYPES[name]
+
+
+def wire_array(tensor: torch.Tensor, *, field: str, dtype: torch.dtype = torch.float32) -> Array:
+    """A float tensor cast to the wire ``dtype`` and serialised.
+
+    A finite value that the cast turns into inf (float16: |x| > 65504) raises
+    :class:`PayloadError` naming ``field``: nothing is sent saturated or silently wrong.
+    """
+    tensor = tensor.detach()
+    if tensor.dtype == dtype:
+        return tensor_to_array(tensor)
+    cast = tensor.to(dtype)
+    if not bool(torch.isfinite(cast).all()):
+        finite = torch.isfinite(tensor)
+        if bool((finite & ~torch.isfinite(cast)).any()):
+            largest = float(tensor[finite].abs().max())
+            raise PayloadError(
+                f"field '{field}': |values| up to {largest:.4g} overflow {_dtype_name(dtype)} (largest finite "
+                f"{torch.finfo(dtype).max:.6g}); use run-config 'payload-dtype' = 'float32'"
+            )
+    return tensor_to_array(cast)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def array_to_tensor(
@@ -111,7 +153,9 @@ def array_to_tensor(
         )
     tensor = torch.from_numpy(ndarray if ndarray.flags.c_contiguous else ndarray.copy())
     if finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise PayloadError(f"field '{field}': contains NaN or inf")
+        hint = (" (float16 on the wire: |values| > 65504 become inf; run-config 'payload-dtype')"
+                if dtype == torch.float16 else "")
+        raise PayloadError(f"field '{field}': contains NaN or inf{hint}")
     return tensor
 
 
@@ -145,15 +189,21 @@ def grad_record(index: int) -> str:
     return f"{GRAD}.{index}"
 
 
-def encode_gradients(grads: Sequence[torch.Tensor]) -> dict[str, ArrayRecord]:
-    """dL/dh of consecutive batches, as ``grad.0 .. grad.{m-1}`` records."""
-    return {grad_record(i): ArrayRecord({"h": tensor_to_array(g)}) for i, g in enumerate(grads)}
+def encode_gradients(
+    grads: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32
+) -> dict[str, ArrayRecord]:
+    """dL/dh of consecutive batches, as ``grad.0 .. grad.{m-1}`` records (``dtype`` on the wire)."""
+    return {
+        grad_record(i): ArrayRecord({"h": wire_array(g, field=f"{grad_record(i)}.h", dtype=dtype)})
+        for i, g in enumerate(grads)
+    }
 
 
 def decode_gradients(
-    content: RecordDict, shapes: Sequence[Sequence[int]], *, max_bytes: int
+    content: RecordDict, shapes: Sequence[Sequence[int]], *, max_bytes: int, dtype: torch.dtype = torch.float32
 ) -> list[torch.Tensor]:
-    """Validate ``grad.0 .. grad.{m-1}``: one float32 array of the given shape each, no extra."""
+    """Validate ``grad.0 .. grad.{m-1}``: one ``dtype`` array of the given shape each, no extra;
+    returned as float32."""
     extra = sorted(
         name for name in content
         if name.startswith(f"{GRAD}.") and name not in {grad_record(i) for i in range(len(shapes))}
@@ -164,17 +214,21 @@ def decode_gradients(
         array_to_tensor(
             require_array(require_record(content, grad_record(i), ArrayRecord), "h", grad_record(i)),
             field=f"{grad_record(i)}.h",
-            dtype=torch.float32,
+            dtype=dtype,
             shape=tuple(shape),
             max_bytes=max_bytes,
-        )
+        ).float()
         for i, shape in enumerate(shapes)
     ]
 
 
-def encode_batch(smashed: torch.Tensor, labels: torch.Tensor) -> ArrayRecord:
-    """Smashed data ``h`` and its labels: all that leaves a client per batch."""
-    return ArrayRecord({"h": tensor_to_array(smashed), "labels": tensor_to_array(labels)})
+def encode_batch(
+    smashed: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float32, record_name: str = BATCH
+) -> ArrayRecord:
+    """Smashed data ``h`` (``dtype`` on the wire) and its labels: all that leaves a client per batch."""
+    return ArrayRecord({
+        "h": wire_array(smashed, field=f"{record_name}.h", dtype=dtype), "labels": tensor_to_array(labels),
+    })
 
 
 def decode_batch(
@@ -185,16 +239,18 @@ def decode_batch(
     num_classes: int,
     max_bytes: int,
     record_name: str = BATCH,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a client's batch: float32 ``h`` of (B, *smashed_shape), int64 labels."""
+    """Validate a client's batch: ``h`` of (B, *smashed_shape) in the wire ``dtype`` (returned
+    as float32), int64 labels."""
     record = require_record(content, record_name, ArrayRecord)
     smashed = array_to_tensor(
         require_array(record, "h", record_name),
         field=f"{record_name}.h",
-        dtype=torch.float32,
+        dtype=dtype,
         shape=(None, *smashed_shape),
         max_bytes=max_bytes,
-    )
+    ).float()
     labels = array_to_tensor(
         require_array(record, "labels", record_name),
         field=f"{record_name}.labels",
@@ -217,6 +273,7 @@ def decode_batches(
     max_batch: int,
     num_classes: int,
     max_bytes: int,
+    dtype: torch.dtype = torch.float32,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Validate the ``count`` batches of a ``train.step`` reply (``batch.0 ..``), none extra."""
     expected = {batch_record(i) for i in range(count)}
@@ -226,7 +283,7 @@ def decode_batches(
     return [
         decode_batch(
             content, smashed_shape=smashed_shape, max_batch=max_batch, num_classes=num_classes,
-            max_bytes=max_bytes, record_name=batch_record(i),
+            max_bytes=max_bytes, record_name=batch_record(i), dtype=dtype,
         )
         for i in range(count)
     ]
@@ -299,17 +356,21 @@ def decode_moments(content: RecordDict, channels: int, *, max_bytes: int) -> tup
     return total, squares, count
 
 
-def encode_calibration(batches: Sequence[torch.Tensor]) -> ArrayRecord:
-    """Calibration smashed data as ``h.0 .. h.{m-1}``, one array per batch, so each stays
-    within ``max-payload-mb`` however many samples are requested."""
-    return ArrayRecord({f"h.{i}": tensor_to_array(batch) for i, batch in enumerate(batches)})
+def encode_calibration(batches: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32) -> ArrayRecord:
+    """Calibration smashed data as ``h.0 .. h.{m-1}`` (``dtype`` on the wire), one array per
+    batch, so each stays within ``max-payload-mb`` however many samples are requested."""
+    return ArrayRecord({
+        f"h.{i}": wire_array(batch, field=f"{CALIBRATION}.h.{i}", dtype=dtype) for i, batch in enumerate(batches)
+    })
 
 
 def decode_calibration(
-    content: RecordDict, *, smashed_shape: Sequence[int], max_batch: int, max_samples: int, max_bytes: int
+    content: RecordDict, *, smashed_shape: Sequence[int], max_batch: int, max_samples: int, max_bytes: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Validate ``calibration``: arrays ``h.0 .. h.{m-1}`` (no others), each float32 smashed
-    data (B, *smashed_shape) with 1 <= B <= max_batch, 1..max_samples samples in all."""
+    """Validate ``calibration``: arrays ``h.0 .. h.{m-1}`` (no others), each smashed data
+    (B, *smashed_shape) in the wire ``dtype`` with 1 <= B <= max_batch, 1..max_samples
+    samples in all; returned as float32."""
     record = require_record(content, CALIBRATION, ArrayRecord)
     names = list(record)
     expected = [f"h.{i}" for i in range(len(names))]
@@ -317,7 +378,7 @@ def decode_calibration(
         raise PayloadError(f"record '{CALIBRATION}': arrays {sorted(names)}, expected h.0 .. h.{{m-1}}")
     batches = [
         array_to_tensor(require_array(record, name, CALIBRATION), field=f"{CALIBRATION}.{name}",
-                        dtype=torch.float32, shape=(None, *smashed_shape), max_bytes=max_bytes)
+                        dtype=dtype, shape=(None, *smashed_shape), max_bytes=max_bytes).float()
         for name in expected
     ]
     for name, batch in zip(expected, batches):

@@ -164,6 +164,7 @@ class SplitTrainer:
         self.cfg = cfg
         self.server = server
         self.smashed_shape = smashed_shape
+        self.wire_dtype = protocol.payload_dtype(cfg.payload_dtype)  # smashed data and gradients on the wire
         self.num_classes = num_classes
         self.client_weights = client_weights  # the global (aggregated or relayed) client part
         self.train_sizes: dict[int, int] = {}
@@ -290,6 +291,7 @@ class SplitTrainer:
                 max_batch=self.cfg.batch_size,
                 num_classes=self.num_classes,
                 max_bytes=self.cfg.max_payload_bytes,
+                dtype=self.wire_dtype,
             )
         except protocol.PayloadError as err:
             self._fail(node, f"rejected payload: {err}", stats)
@@ -340,7 +342,7 @@ class SplitTrainer:
         def request(node: int, step: int, grads: Sequence[torch.Tensor]) -> tuple[int, RecordDict]:
             forward = min(per_message, steps[node] - step)
             instructions: dict = {"forward": forward, "send-weights": forward == 0}
-            content = RecordDict(protocol.encode_gradients(grads))
+            content = RecordDict(protocol.encode_gradients(grads, self.wire_dtype))
             if step == 0:
                 content[protocol.CLIENT_WEIGHTS] = weights
                 instructions.update(self._round_instructions(node))
@@ -461,7 +463,7 @@ class SplitTrainer:
             try:
                 smashed.append(protocol.decode_calibration(
                     reply.content, smashed_shape=self.smashed_shape, max_batch=self.cfg.batch_size,
-                    max_samples=samples, max_bytes=self.cfg.max_payload_bytes))
+                    max_samples=samples, max_bytes=self.cfg.max_payload_bytes, dtype=self.wire_dtype))
             except protocol.PayloadError as err:
                 self._fail(node, f"rejected calibration smashed data: {err}", stats)
         if smashed:
@@ -519,6 +521,7 @@ class SplitTrainer:
                     max_batch=max(self.cfg.local_eval_samples, 1),
                     num_classes=self.num_classes,
                     max_bytes=self.cfg.max_payload_bytes,
+                    dtype=self.wire_dtype,
                 )
             except protocol.PayloadError as err:
                 log(WARNING, "node %s evaluation payload rejected: %s", node, err)

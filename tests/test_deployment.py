@@ -16,7 +16,7 @@ import pytest
 from pgsl_flower import checkpoint
 from pgsl_flower.data import load_dataset, resolve_data_root
 from pgsl_flower.data.site_folder import write_site_folder
-from pgsl_flower.pilot.local import LocalPilot, copy_app
+from pgsl_flower.pilot.local import DEFAULT_TASK_POLL_INTERVAL, TASK_POLL_ENV, LocalPilot, copy_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ("site-a", "site-b", "site-c")
@@ -85,3 +85,16 @@ def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
         # and kept its decoded images in its own cache-dir: one entry (reuse is tested in test_site_cache.py)
         (entry,) = (pilot.workdir / "site-cache" / site).glob("*.npz")
         assert entry.name.startswith(f"site-{site}-{partition}-")
+
+
+def test_pilot_sets_the_superexec_task_poll_interval(tmp_path, monkeypatch):
+    """LocalPilot passes FLWR_SUPEREXEC_TASK_POLL_INTERVAL to the processes it starts (the SuperNode's
+    SuperExec inherits it); None leaves Flower's default; a value Flower would refuse fails here."""
+    monkeypatch.delenv(TASK_POLL_ENV, raising=False)
+    sites = {"site-a": tmp_path}
+    assert LocalPilot(tmp_path, sites, tmp_path)._env()[TASK_POLL_ENV] == str(DEFAULT_TASK_POLL_INTERVAL)
+    assert LocalPilot(tmp_path, sites, tmp_path, task_poll_interval=0.5)._env()[TASK_POLL_ENV] == "0.5"
+    assert TASK_POLL_ENV not in LocalPilot(tmp_path, sites, tmp_path, task_poll_interval=None)._env()
+    for bad in (0.001, 61.0, float("nan")):
+        with pytest.raises(ValueError, match=f"task_poll_interval = {bad!r}: Flower's {TASK_POLL_ENV} must be in"):
+            LocalPilot(tmp_path, sites, tmp_path, task_poll_interval=bad)

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["BreastBox", "TISSUE_THRESHOLD", "breast_box", "breast_mask", "crop_breast", "faces_right"]
 
@@ -43,6 +42,8 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
     """Boolean mask of the breast, same shape as ``image`` (2-D uint8)."""
     if image.ndim != 2:
         raise ValueError(f"image: expected a 2-D grayscale array, got shape {image.shape}")
+    from scipy import ndimage  # here, not at import: every deployment message imports this package afresh
+
     small = _reduced(image.astype(np.float32))
     tissue = ndimage.binary_opening(small > TISSUE_THRESHOLD, structure=np.ones((_OPENING, _OPENING)))
     labels, count = ndimage.label(tissue)

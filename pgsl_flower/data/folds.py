@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 __all__ = ["cv_split", "fold_assignment"]
 
@@ -21,6 +20,10 @@ def _assignment(labels: bytes, groups: bytes, folds: int, seed: int) -> np.ndarr
     y = np.frombuffer(labels, dtype=np.int64)
     g = np.frombuffer(groups, dtype=np.int64)
     fold_of = np.empty(y.size, dtype=np.int64)
+    # imported here: scikit-learn costs ~1-2 s to import, and every deployment message starts a
+    # fresh ClientApp process that imports this package (only MIAS folds need it)
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(y.size), y, g)):
         fold_of[test] = k

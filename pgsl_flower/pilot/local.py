@@ -32,6 +32,13 @@ CONNECTION = "pilot"
 #: What a SuperNode logs once the SuperLink has accepted (authenticated) it.
 _ACCEPTED = "SuperNode ID:"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
+#: Flower 1.42's SuperExec (started by each SuperNode) checks for a new task (a message for a
+#: ClientApp) every this many seconds; Flower's default is 1.0, its allowed range 0.01..60.
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+TASK_POLL_RANGE = (0.01, 60.0)
+#: The pilot's default: a check costs one local HTTP request to the SuperNode, and each
+#: exchange waited on average half the interval for it (0.5 s at Flower's 1.0).
+DEFAULT_TASK_POLL_INTERVAL = 0.1
 
 
 def free_port() -> int:
@@ -100,12 +107,15 @@ class LocalPilot:
     ``sites`` maps a site name to its data folder (a site folder of
     :mod:`pgsl_flower.data.site_folder`). ``env`` is added to every process's
     environment (e.g. ``PGSL_DATA_DIR`` for the server's test set).
+    ``task_poll_interval`` (seconds) is how often each SuperNode's SuperExec looks for a
+    message to start a ClientApp for (:data:`TASK_POLL_ENV`); None leaves Flower's default (1.0 s).
     """
 
     workdir: Path
     sites: dict[str, Path]
     app_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    task_poll_interval: float | None = DEFAULT_TASK_POLL_INTERVAL
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
@@ -115,6 +125,12 @@ class LocalPilot:
         self.certs = self.workdir / "certs"
         self.flwr_home = self.workdir / "flwr-home"
         self.bin = Path(sys.executable).parent
+        low, high = TASK_POLL_RANGE
+        if self.task_poll_interval is not None and not low <= self.task_poll_interval <= high:
+            raise ValueError(
+                f"LocalPilot task_poll_interval = {self.task_poll_interval!r}: Flower's {TASK_POLL_ENV} must be "
+                f"in {low}..{high} seconds (None: Flower's default, 1.0)"
+            )
 
     # -- processes -----------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -124,6 +140,7 @@ class LocalPilot:
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_TELEMETRY_ENABLED": "0",
+            **({TASK_POLL_ENV: str(self.task_poll_interval)} if self.task_poll_interval is not None else {}),
             **self.env,
         }
 
