@@ -14,13 +14,23 @@ updated by this recomputation only, once per batch, at the weights being
 trained). With one batch per message the weights are the same too, which gives
 exactly the h the server differentiated; with k batches, see
 :meth:`SplitClient.apply_gradients`.
+
+The recomputation is skipped when the same process handles the node's next
+message: the process keeps its live clients (:func:`live_client`), each with the
+autograd graph of the batch it sent, and reuses one only while ``context.state``
+is exactly what that client saved (a token written by :meth:`SplitClient.save`).
+The graph's backward is the recomputation's, so the results are the same; with
+one batch per message (when the graph is kept) the BN running statistics are
+updated at the forward instead, once per batch, at the same weights.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from uuid import uuid4
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -124,6 +134,12 @@ class SplitClient:
         self.run_key = str(progress.get("run-key", ""))
         self.round = int(progress.get("round", 0))
         self.fresh = not self.run_key  # no round of this run started here yet
+        # the pending batch's BN running stats were updated at its forward (its graph was kept)
+        self.pending_stats_done = bool(progress.get("pending-stats-done", False))
+        #: (batch counter, inputs, smashed data with its autograd graph) of the pending batch, when
+        #: kept by :meth:`forward_next`; lives only in this process (see :func:`live_client`).
+        self.graph: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.token = ""  # written to context.state by save(): which state this object holds
 
     def _indices(self, counter: int) -> torch.Tensor:
         return client_batch_indices(self.cfg, self.data, self.partition_id, counter)
@@ -138,6 +154,14 @@ class SplitClient:
             record, reference, field=protocol.CLIENT_WEIGHTS, max_bytes=self.cfg.max_payload_bytes
         )
         self.model.load_state_dict(weights)
+        self.graph = None  # computed at the old weights: a recomputation uses the new ones
+
+    @property
+    def keeps_graph(self) -> bool:
+        """Whether :meth:`forward_next` keeps a single batch's autograd graph: not under DP-SGD
+        (per-sample gradients need their own forward) nor latent perturbation (its simulated
+        adversary trains on the client's step)."""
+        return not isinstance(self.defense, (DPSGD, MinimaxPerturbation))
 
     @property
     def smashed_shape(self) -> tuple[int, int, int]:
@@ -165,17 +189,30 @@ class SplitClient:
         self.model.train()
         with self._trainable() as (model, optimizer):
             for counter, idx, grad in zip(counters, indices, grads, strict=True):
-                inputs = self._inputs(idx, counter)
-                with seeded_dropout(model, dropout_seed(self.cfg, self.partition_id, counter)):  # the sent masks
-                    smashed = model(inputs)  # updates BN running stats, at the current weights
-                optimizer.zero_grad(set_to_none=True)
-                extra = self.defense.local_loss(inputs, smashed)  # e.g. NoPeek's weighted DCor(x, h)
-                if extra is None:
-                    smashed.backward(grad)
-                else:  # d/dtheta of <dL/dh, h> + extra: the server's gradient plus the local term
-                    ((smashed * grad).sum() + extra).backward()
-                decayed_step(optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
+                kept = self.graph if self.graph is not None and self.graph[0] == counter else None
+                # running stats already updated at the forward: the recomputation leaves them as they are
+                frozen = kept is None and self.pending_stats_done
+                with _frozen_running_stats(model) if frozen else nullcontext():
+                    if kept is None:
+                        inputs = self._inputs(idx, counter)
+                        with seeded_dropout(model, dropout_seed(self.cfg, self.partition_id, counter)):  # the sent masks
+                            smashed = model(inputs)  # updates BN running stats, at the current weights
+                    else:
+                        _, inputs, smashed = kept  # the sent batch's own graph, at these weights
+                    optimizer.zero_grad(set_to_none=True)
+                    extra = self.defense.local_loss(inputs, smashed)  # e.g. NoPeek's weighted DCor(x, h)
+                    if extra is None:
+                        smashed.backward(grad)
+                    else:  # d/dtheta of <dL/dh, h> + extra: the server's gradient plus the local term
+                        ((smashed * grad).sum() + extra).backward()
+                    decayed_step(optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
+        self.drop_pending()
+
+    def drop_pending(self) -> None:
+        """No batch awaits a gradient any more (applied, or dropped by the server)."""
         self.pending_count = 0
+        self.pending_stats_done = False
+        self.graph = None
 
     @contextmanager
     def _trainable(self) -> Iterator[tuple[torch.nn.Module, torch.optim.Optimizer]]:
@@ -197,8 +234,13 @@ class SplitClient:
         return self.defense.epsilon(self.counter - self.pending_count, min(self.cfg.batch_size / n, 1.0))
 
     def forward_next(self, count: int = 1) -> dict[str, ArrayRecord]:
-        """Smashed data and labels of the next ``count`` batches (train mode, no graph kept),
-        as records ``batch.0 .. batch.{count-1}``; all computed with the current weights."""
+        """Smashed data and labels of the next ``count`` batches (train mode), as records
+        ``batch.0 .. batch.{count-1}``; all computed with the current weights.
+
+        One batch (and :attr:`keeps_graph`): its autograd graph is kept for
+        :meth:`apply_gradients` and its BN running statistics are updated here; else no graph
+        is kept and the running statistics are updated by the recomputation.
+        """
         if not 1 <= count <= self.cfg.batches_per_message:
             raise protocol.PayloadError(
                 f"field 'instructions.forward' = {count}, expected 1..{self.cfg.batches_per_message} "
@@ -206,14 +248,21 @@ class SplitClient:
             )
         self.model.train()
         records = {}
-        self.pending_first, self.pending_count = self.counter, count
+        keep = count == 1 and self.keeps_graph
+        self.pending_first, self.pending_count, self.pending_stats_done = self.counter, count, keep
+        self.graph = None
         for i in range(count):
             indices = self._indices(self.counter + i)
             inputs = self._inputs(indices, self.counter + i)
             seed = dropout_seed(self.cfg, self.partition_id, self.counter + i)
-            # BN running stats are updated once, in apply_gradients
-            with torch.no_grad(), _frozen_running_stats(self.model), seeded_dropout(self.model, seed):
-                smashed = self.model(inputs)
+            if keep:  # BN running stats are updated here, once
+                with seeded_dropout(self.model, seed):
+                    smashed = self.model(inputs)
+                self.graph = (self.counter + i, inputs, smashed)
+                smashed = smashed.detach()
+            else:  # BN running stats are updated once, in apply_gradients
+                with torch.no_grad(), _frozen_running_stats(self.model), seeded_dropout(self.model, seed):
+                    smashed = self.model(inputs)
             smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
             records[protocol.batch_record(i)] = protocol.encode_batch(
                 smashed, self.data.labels(indices), protocol.payload_dtype(self.cfg.payload_dtype),
@@ -273,10 +322,19 @@ class SplitClient:
         if isinstance(self.defense, MinimaxPerturbation):
             state[_ADVERSARY_KEY] = ArrayRecord(self.defense.adversary.state_dict())
             state[_ADVERSARY_OPTIM_KEY] = _adam_state_record(self.defense.optimizer)
+        self.token = uuid4().hex
         state[_PROGRESS_KEY] = ConfigRecord({
             "batch-counter": self.counter, "pending-first": self.pending_first,
-            "pending-count": self.pending_count, "run-key": self.run_key, "round": self.round,
+            "pending-count": self.pending_count, "pending-stats-done": self.pending_stats_done,
+            "run-key": self.run_key, "round": self.round, "live-token": self.token,
         })
+
+    def graph_bytes(self) -> int:
+        """Rough memory of the kept graph: the smashed data times the activations saved per layer."""
+        if self.graph is None:
+            return 0
+        smashed = self.graph[2]
+        return smashed.numel() * smashed.element_size() * 4 * self.cfg.cut_layer
 
     # -- the site's own checkpoint (resume after a restart) ----------------------------------
     def state_dir(self) -> Path:
@@ -333,6 +391,35 @@ def _config(context: Context, override: RunConfig | None) -> RunConfig:
     return override if override is not None else parse_run_config(context.run_config)
 
 
+#: This process's live clients by (run id, node id), least recently used first.
+_LIVE: OrderedDict[tuple[int, int], SplitClient] = OrderedDict()
+LIVE_MAX_CLIENTS = 32
+LIVE_MAX_GRAPH_BYTES = 1 << 30  # kept graphs beyond this are evicted, oldest first
+
+
+def live_client(cfg: RunConfig, context: Context) -> SplitClient:
+    """The client that handles a message: the one this process kept for the node, if
+    ``context.state`` is exactly what it saved (same token, same config), else one rebuilt
+    from ``context.state``. A simulation's actor serves every node in turn, so a node's next
+    message may come here or go to another process: the state is the reference, a kept
+    client only saves rebuilding it and recomputing the pending batch's forward pass."""
+    kept = _LIVE.pop((context.run_id, context.node_id), None)
+    progress = context.state[_PROGRESS_KEY] if _PROGRESS_KEY in context.state else ConfigRecord()
+    if kept is not None and kept.cfg == cfg and kept.token and progress.get("live-token") == kept.token:
+        kept.context = context
+        kept.fresh = not kept.run_key  # as a client rebuilt from this state would have it
+        return kept
+    return SplitClient(cfg, context)
+
+
+def keep_live(client: SplitClient) -> None:
+    """Keep a client that has just saved its state, within :data:`LIVE_MAX_CLIENTS` clients
+    and :data:`LIVE_MAX_GRAPH_BYTES` of kept graphs (the least recently used go first)."""
+    _LIVE[(client.context.run_id, client.context.node_id)] = client
+    while len(_LIVE) > LIVE_MAX_CLIENTS or sum(c.graph_bytes() for c in _LIVE.values()) > LIVE_MAX_GRAPH_BYTES:
+        _LIVE.popitem(last=False)
+
+
 def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """The ClientApp; ``override`` replaces ``context.run_config`` (programmatic runs).
 
@@ -342,9 +429,10 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
 
     def handler(body: Callable[[SplitClient, Message], RecordDict]) -> Callable:
         def run(message: Message, context: Context) -> Message:
-            client = SplitClient(_config(context, override), context)
-            reply = body(client, message)
+            client = live_client(_config(context, override), context)
+            reply = body(client, message)  # an error leaves the client out: the next message rebuilds
             client.save()
+            keep_live(client)
             return Message(reply, reply_to=message)
 
         return run
@@ -375,7 +463,7 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
             client.start_round(instructions)
         if protocol.grad_record(0) in content:
             client.apply_gradients(content)
-        client.pending_count = 0  # batches without a gradient were dropped by the server
+        client.drop_pending()  # batches without a gradient were dropped by the server
         forward = int(instructions.get("forward", 0))
         reply = RecordDict(client.forward_next(forward) if forward else {})
         if instructions.get("send-weights", False):

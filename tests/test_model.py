@@ -4,7 +4,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from pgsl_flower import protocol
-from pgsl_flower.client_app import SplitClient
+from pgsl_flower.client_app import SplitClient, keep_live, live_client
 from pgsl_flower.config import RunConfig
 from pgsl_flower.local_data import batch_indices, client_order_seed
 from pgsl_flower.model import ClientNet, ServerNet, SplitNet, input_channels, make_optimizer, prepare_input
@@ -96,6 +96,55 @@ def test_client_protocol_step_equals_direct_training(tmp_path):
 
     for (name, a), b in zip(client.model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def _protocol_steps(cfg: RunConfig, context: Context, server: torch.nn.Module, steps: int, live: bool,
+                    ) -> tuple[dict, list[torch.Tensor]]:
+    """``steps`` forward/gradient exchanges, one handler call per message as the ClientApp does:
+    the kept live client (its autograd graph) or a client rebuilt from context.state each time."""
+    sent = []
+    for step in range(steps + 1):
+        client = live_client(cfg, context) if live else SplitClient(cfg, context)
+        if step:
+            client.apply_gradients(RecordDict(protocol.encode_gradients([grad_h])))
+        client.drop_pending()
+        if step < steps:
+            batch = client.forward_next()[protocol.batch_record(0)]
+            h = protocol.array_to_tensor(batch["h"], field="h", dtype=torch.float32,
+                                         shape=(None, 64, 14, 14), max_bytes=1 << 30).requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(server(h), torch.from_numpy(batch["labels"].numpy()))
+            (grad_h,) = torch.autograd.grad(loss, [h])
+            sent.append(h.detach())
+        client.save()
+        keep_live(client)
+    return {k: v.clone() for k, v in client.model.state_dict().items()}, sent
+
+
+def test_live_client_reuses_its_graph_and_computes_what_a_rebuilt_client_computes():
+    """A kept client (no recomputation; BN stats updated at the forward) ends in the same state,
+    running statistics included, and sends the same smashed data as one rebuilt per message."""
+    cfg = RunConfig(samples_per_client=200, batch_size=16, seed=3)
+    server = ServerNet(10)
+    server.eval()
+    results = []
+    for node, live in ((11, True), (12, False)):
+        context = Context(run_id=2, node_id=node, node_config={"partition-id": 0, "num-partitions": 4},
+                          state=RecordDict(), run_config=cfg.as_run_config())
+        torch.manual_seed(0)
+        results.append(_protocol_steps(cfg, context, server, 4, live))
+        if live:
+            kept = live_client(cfg, context)
+            assert kept.token  # the last message's client, kept (a rebuilt one has saved nothing yet)
+            keep_live(kept)
+            assert live_client(cfg, context) is kept  # context.state is what it saved: reused
+            keep_live(kept)
+            context.state["client-progress"]["live-token"] = "written by another process"
+            assert live_client(cfg, context) is not kept  # rebuilt from the state
+    (live_state, live_sent), (rebuilt_state, rebuilt_sent) = results
+    for a, b in zip(live_sent, rebuilt_sent, strict=True):
+        assert torch.equal(a, b)
+    for name, value in live_state.items():
+        assert torch.allclose(value.float(), rebuilt_state[name].float(), atol=1e-6), name
 
 
 def test_fedavg_weighted_mean():
