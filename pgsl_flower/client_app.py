@@ -164,6 +164,11 @@ class SplitClient:
         return not isinstance(self.defense, (DPSGD, MinimaxPerturbation))
 
     @property
+    def wire_dtype(self) -> torch.dtype:
+        """How smashed data and gradients travel (run-config 'payload-dtype')."""
+        return protocol.payload_dtype(self.cfg.payload_dtype)
+
+    @property
     def smashed_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one sample's smashed data."""
         return smashed_shape(self.cfg, self.data.train_images.shape[-2:])
@@ -184,7 +189,7 @@ class SplitClient:
             content,
             [(len(idx), *self.smashed_shape) for idx in indices],
             max_bytes=self.cfg.max_payload_bytes,
-            dtype=protocol.payload_dtype(self.cfg.payload_dtype),
+            dtype=self.wire_dtype,
         )
         self.model.train()
         with self._trainable() as (model, optimizer):
@@ -265,7 +270,7 @@ class SplitClient:
                     smashed = self.model(inputs)
             smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, self.counter + i))
             records[protocol.batch_record(i)] = protocol.encode_batch(
-                smashed, self.data.labels(indices), protocol.payload_dtype(self.cfg.payload_dtype),
+                smashed, self.data.labels(indices), self.wire_dtype,
                 protocol.batch_record(i),
             )
         self.counter += count
@@ -284,7 +289,7 @@ class SplitClient:
             smashed = self.model(self.data.inputs(indices, "holdout"))
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, HOLDOUT_BATCH))
         return protocol.encode_batch(
-            smashed, self.data.labels(indices, "holdout"), protocol.payload_dtype(self.cfg.payload_dtype)
+            smashed, self.data.labels(indices, "holdout"), self.wire_dtype
         )
 
     # -- BatchNorm recalibration (run-config bn-recalibration) ---------------------------------
@@ -312,7 +317,7 @@ class SplitClient:
             smashed = torch.cat([self.model(batch) for batch in self.calibration_batches(instructions)])
         smashed = self.defense.release(smashed, batch_seed(self.cfg, self.partition_id, CALIBRATION_BATCH))
         return protocol.encode_calibration(
-            smashed.split(self.cfg.batch_size), protocol.payload_dtype(self.cfg.payload_dtype)
+            smashed.split(self.cfg.batch_size), self.wire_dtype
         )
 
     def save(self) -> None:
