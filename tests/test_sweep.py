@@ -19,7 +19,14 @@ import pytest
 from pgsl_flower.config import ConfigError
 from pgsl_flower.experiments import cells, sweep
 from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
-from pgsl_flower.experiments.sweep_report import matched_utility, pareto_front, strongest_attack_names, write_report
+from pgsl_flower.experiments.sweep_report import (
+    matched_utility,
+    paired_against,
+    paired_difference,
+    pareto_front,
+    strongest_attack_names,
+    write_report,
+)
 
 SPEC = """
 name = "tiny"
@@ -118,6 +125,35 @@ def test_bad_specs_are_refused_naming_the_problem(tmp_path, text, message):
 def test_committed_specs_are_valid(spec):
     loaded = load_spec(spec)
     assert loaded.name == spec.stem and len(loaded.cells()) >= 4
+
+
+def test_paired_difference_matches_a_hand_computed_paired_t_test():
+    index = pd.MultiIndex.from_tuples([(1, 0), (1, 1), (1, 2), (2, 0)], names=["seed", "fold"])
+    base = pd.Series([0.50, 0.60, 0.40, 0.55], index=index)
+    other = pd.Series([0.52, 0.61, 0.45, float("nan")], index=index)  # the (2, 0) run has no pair
+    paired = paired_difference(base, other)
+    # differences 0.02, 0.01, 0.05: mean 0.026667, sample std 0.020817, t = mean / (std / sqrt 3) = 2.2188, 2 dof
+    assert paired.runs == 3
+    assert paired.mean == pytest.approx(0.0266667, abs=1e-6)
+    assert paired.std == pytest.approx(0.0208167, abs=1e-6)
+    assert paired.p_value == pytest.approx(0.1567, abs=1e-3)
+    assert paired_difference(base.iloc[:1], other.iloc[:1]) is None
+
+
+def test_paired_against_pairs_each_strategy_with_the_undefended_one_by_seed_and_fold():
+    ok = pd.DataFrame({
+        "dataset": ["mias-roi"] * 6 + ["mnist"] * 2, "clients": [5] * 8,
+        "strategy": ["splitfed"] * 3 + ["pgsl"] * 3 + ["splitfed", "pgsl"],
+        "seed": [1] * 8, "fold": [0, 1, 2, 2, 1, 0, -1, -1],
+        "final_test_balanced_accuracy": [0.5, 0.6, 0.7, 0.6, 0.55, 0.4, 0.9, 0.9],
+        "final_test_accuracy": [0.9] * 6 + [0.95, 0.90],
+    })
+    rows = paired_against(ok, "splitfed")
+    # mias-roi pairs by fold: 0.4-0.5, 0.55-0.6, 0.6-0.7 (balanced accuracy); mnist has one pair only
+    assert rows.strategy.tolist() == ["pgsl"] and rows.dataset.tolist() == ["mias-roi"]
+    assert rows.difference_points.iloc[0] == pytest.approx(-25 / 3)
+    assert rows.std_points.iloc[0] == pytest.approx(2.8868, abs=1e-4)
+    assert rows.utility.iloc[0] == "balanced_accuracy" and rows.paired_runs.iloc[0] == 3
 
 
 def test_matched_utility_picks_the_most_private_strategy_within_one_point():

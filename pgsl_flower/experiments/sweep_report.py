@@ -13,6 +13,9 @@ Tables give mean ± std over seeds (and cross-validation folds) of the finished 
   PSNR, among those whose mean utility is within 1 point of the undefended
   strategy's (each claim names its metric); utility is balanced accuracy on the
   medical (imbalanced) datasets and accuracy on MNIST;
+- paired against the undefended strategy: each strategy's utility minus the undefended
+  one's, run by run on the same seed and fold (the same test images), mean ± std and a
+  paired t-test, so that "a defense costs utility" is read against the spread;
 - the privacy-utility frontier (specs with ``[variants]``: a defense at several strengths):
   per dataset and client count, each setting's utility against the strongest attack's PSNR
   and SSIM with error bars, the Pareto front per defense family, the most private setting at
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -85,6 +89,59 @@ def matched_utility(ok: pd.DataFrame, undefended: str, max_drop: float = MATCHED
     rows["matched"] = rows.utility_drop <= max_drop + 1e-12
     return rows.sort_values(["dataset", "clients", "matched", "best_attack_ssim"],
                             ascending=[True, True, False, True]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``other - base`` over runs paired by their index (e.g. seed and fold)."""
+
+    mean: float
+    std: float
+    runs: int
+    p_value: float  # two-sided paired t-test
+
+
+def paired_difference(base: pd.Series, other: pd.Series) -> PairedDifference | None:
+    """The paired difference of two score series indexed alike (None with fewer than 2 pairs)."""
+    from scipy.stats import ttest_rel
+
+    both = pd.concat([base.rename("base"), other.rename("other")], axis=1).dropna()
+    if len(both) < 2:
+        return None
+    diff = both.other - both.base
+    return PairedDifference(float(diff.mean()), float(diff.std(ddof=1)), len(both),
+                            float(ttest_rel(both.other, both.base).pvalue))
+
+
+def paired_against(ok: pd.DataFrame, undefended: str) -> pd.DataFrame:
+    """Per dataset, client count and strategy: its utility (:func:`utility_column`) minus the
+    undefended strategy's, paired by seed and fold (rows with fewer than 2 pairs are left out)."""
+    rows = []
+    for (dataset, clients), group in ok.groupby(["dataset", "clients"], sort=True):
+        column = utility_column(dataset)
+        runs = {s: g.set_index(["seed", "fold"])[column] for s, g in group.groupby("strategy")}
+        if undefended not in runs:
+            continue
+        for strategy, scores in sorted(runs.items()):
+            paired = None if strategy == undefended else paired_difference(runs[undefended], scores)
+            if paired is not None:
+                rows.append({"dataset": dataset, "clients": clients, "strategy": strategy,
+                             "utility": column.removeprefix("final_test_"), "difference_points": paired.mean * 100,
+                             "std_points": paired.std * 100, "paired_runs": paired.runs, "p_value": paired.p_value})
+    return pd.DataFrame(rows)
+
+
+def _paired_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
+    undefended = undefended_strategy(spec)
+    rows = paired_against(ok, undefended) if undefended is not None else pd.DataFrame()
+    if rows.empty:
+        return []
+    table = rows.assign(difference_points=rows.difference_points.round(2), std_points=rows.std_points.round(2),
+                        p_value=rows.p_value.round(3))
+    return [f"## Paired against `{undefended}`", "",
+            "Each strategy's utility minus the undefended strategy's, run by run on the same seed and fold (so the "
+            "same test images): mean ± std of the difference in points, and a two-sided paired t-test. A difference "
+            "within its spread (large p) does not tell the two apart.", "", _markdown(table), ""]
 
 
 def at_chance(ok: pd.DataFrame) -> pd.DataFrame:
@@ -427,6 +484,7 @@ def write_report(spec: SweepSpec, out_dir: Path) -> str:
                                   f"({r.final_test_balanced_accuracy * 100:.1f} %)" for r in chance.itertuples())
                       + ".", ""]
         lines += _pooled_section(ok)
+        lines += _paired_section(ok, spec)
         lines += _matched_section(ok, spec) if attacked else []
         lines += _frontier_section(ok, spec, out_dir) if attacked else []
         lines += ["## Cost", "",

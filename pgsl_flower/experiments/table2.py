@@ -39,6 +39,7 @@ import pandas as pd
 from pgsl_flower.config import RunConfig, parse_run_config
 from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
 from pgsl_flower.experiments.curves import load_curves, plot_learning_curves
+from pgsl_flower.experiments.sweep_report import paired_difference
 
 DEFENSES = ("none", "pixel-attack", "pgsl")
 
@@ -167,22 +168,18 @@ def paired_differences(runs: pd.DataFrame) -> list[str]:
     """Per dataset: each :data:`PAIRED` row minus no defense on clean images, run by run (same seed and
     fold, so the same test images): mean ± std of the difference in balanced accuracy, and a paired
     t-test, so that "PGSL differs from no defense" is read against the spread."""
-    from scipy.stats import ttest_rel
-
     ok = runs[runs.status == "ok"]
     lines = []
     for dataset in sorted(ok.dataset.unique(), reverse=True):
         part = ok[ok.dataset == dataset]
         base = part[part.defense == "none"].set_index(["seed", "fold"])["final_test_balanced_accuracy"]
         for label, defense, column in PAIRED:
-            other = part[part.defense == defense].set_index(["seed", "fold"])[column]
-            both = pd.concat([base.rename("none"), other.rename("other")], axis=1).dropna()
-            if len(both) < 2:
+            paired = paired_difference(base, part[part.defense == defense].set_index(["seed", "fold"])[column])
+            if paired is None:
                 continue
-            diff = (both.other - both.none) * 100
-            p_value = ttest_rel(both.other, both.none).pvalue
-            lines.append(f"- {dataset}: {label} minus no defense, balanced accuracy: {diff.mean():+.2f} ± "
-                         f"{diff.std(ddof=1):.2f} points over {len(both)} paired runs (paired t-test p = {p_value:.2f}).")
+            lines.append(f"- {dataset}: {label} minus no defense, balanced accuracy: {paired.mean * 100:+.2f} ± "
+                         f"{paired.std * 100:.2f} points over {paired.runs} paired runs "
+                         f"(paired t-test p = {paired.p_value:.2f}).")
     return lines
 
 
