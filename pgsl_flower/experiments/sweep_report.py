@@ -123,11 +123,11 @@ def paired_against(ok: pd.DataFrame, undefended: str) -> pd.DataFrame:
         if undefended not in runs:
             continue
         for strategy, scores in sorted(runs.items()):
-            paired = None if strategy == undefended else paired_difference(runs[undefended], scores)
-            if paired is not None:
-                rows.append({"dataset": dataset, "clients": clients, "strategy": strategy,
-                             "utility": column.removeprefix("final_test_"), "difference_points": paired.mean * 100,
-                             "std_points": paired.std * 100, "paired_runs": paired.runs, "p_value": paired.p_value})
+            if strategy == undefended or (paired := paired_difference(runs[undefended], scores)) is None:
+                continue
+            rows.append({"dataset": dataset, "clients": clients, "strategy": strategy,
+                         "utility": column.removeprefix("final_test_"), "difference_points": paired.mean * 100,
+                         "std_points": paired.std * 100, "paired_runs": paired.runs, "p_value": paired.p_value})
     return pd.DataFrame(rows)
 
 
