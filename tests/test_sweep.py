@@ -21,6 +21,7 @@ from pgsl_flower.experiments import cells, sweep
 from pgsl_flower.experiments.sweep import load_spec, main, progress_bar
 from pgsl_flower.experiments.sweep_report import (
     matched_utility,
+    mean_and_spread,
     paired_against,
     paired_difference,
     pareto_front,
@@ -350,6 +351,26 @@ def test_the_frontier_section_names_the_most_private_setting_per_utility_level(t
     assert (tmp_path / "tiny" / "mnist_3_frontier.png").stat().st_size > 1000
     # the matched-utility reference is the plain preset, not a variant without a defense
     assert "utility within 1 point of `splitfed`" in report
+
+
+def test_a_single_run_is_reported_without_a_spread(tmp_path):
+    assert mean_and_spread(94.5, 0.707, 2) == "94.50 ± 0.71"
+    assert mean_and_spread(29.0, float("nan"), 1) == "29.00"  # one run: no spread, not "± 0.00"
+    assert mean_and_spread(0.5, float("nan"), 1, digits=3) == "0.500"
+    assert mean_and_spread(float("nan"), float("nan"), 0) == ""
+    spec = load_spec(_frontier_spec(tmp_path))
+    runs = _scored_runs(
+        strategy=["splitfed", "laplace", "laplace-b2", "splitfed-cut1"], seed=[1] * 4, clients=[3] * 4,
+        final_test_accuracy=[0.95, 0.945, 0.90, 0.95], best_attack_psnr=[30.0, 22.0, 14.0, 29.0],
+        best_attack_ssim=[0.70, 0.50, 0.20, 0.72], best_attack_mse=[0.001] * 4,
+        decoder_psnr=[30.0, 22.0, 14.0, 29.0], decoder_ssim=[0.70, 0.50, 0.20, 0.72], decoder_mse=[0.001] * 4,
+    )
+    (tmp_path / "tiny").mkdir()
+    runs.to_csv(tmp_path / "tiny" / "runs.csv", index=False)
+    report = write_report(spec, tmp_path / "tiny")
+    assert "| splitfed-cut1 | splitfed | 95.00 | 29.00 | 0.720 | True | 1 |" in report
+    assert "| mnist | 3 | laplace | 94.5 |  | 0.5 | True |" in report  # matched-utility table: no utility_std
+    assert "± 0.00" not in report
 
 
 def test_the_report_survives_settings_whose_attacks_all_failed(tmp_path):

@@ -80,7 +80,7 @@ def matched_utility(ok: pd.DataFrame, undefended: str, max_drop: float = MATCHED
     ok = ok.assign(utility=[row[utility_column(row.dataset)] for _, row in ok.iterrows()])
     grouped = ok.groupby(GROUP)
     means = grouped[["utility", "best_attack_ssim", "best_attack_psnr", "best_attack_mse"]].mean()
-    means["utility_std"] = grouped.utility.std().fillna(0.0)
+    means["utility_std"] = grouped.utility.std()  # NaN for a single run: no spread to report
     means = means.reset_index()
     base = means.loc[means.strategy == undefended,
                      ["dataset", "clients", "utility", "best_attack_ssim", "best_attack_psnr"]]
@@ -186,7 +186,7 @@ def _matched_section(ok: pd.DataFrame, spec: SweepSpec) -> list[str]:
         lines.append(f"- {dataset}, {clients} clients (undefended {name} {base_utility * 100:.2f} %): "
                      f"best privacy at matched utility: {best}.")
     table = rows.assign(
-        utility=(rows.utility * 100).round(2), utility_std=(rows.utility_std * 100).round(2),
+        utility=(rows.utility * 100).round(2), utility_std=[("" if pd.isna(v) else round(v * 100, 2)) for v in rows.utility_std],
         drop_points=(rows.utility_drop * 100).round(2),
         ssim=rows.best_attack_ssim.round(3), psnr=rows.best_attack_psnr.round(2), mse=rows.best_attack_mse.round(4),
     )[["dataset", "clients", "strategy", "utility", "utility_std", "drop_points", "matched", "ssim", "psnr", "mse"]]
@@ -295,9 +295,9 @@ def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[
                          f"({best.best_attack_psnr_mean:.2f} dB), at a cost of "
                          f"{(base_utility - best.utility_mean) * 100:.2f} points.")
         table = group.assign(
-            utility=[f"{m * 100:.2f} ± {d * 100:.2f}" for m, d in zip(group.utility_mean, group.utility_std, strict=True)],
-            psnr=[f"{m:.2f} ± {d:.2f}" for m, d in zip(group.best_attack_psnr_mean, group.best_attack_psnr_std, strict=True)],
-            ssim=[f"{m:.3f} ± {d:.3f}" for m, d in zip(group.best_attack_ssim_mean, group.best_attack_ssim_std, strict=True)],
+            utility=[mean_and_spread(m * 100, d * 100, n) for m, d, n in zip(group.utility_mean, group.utility_std, group.runs, strict=True)],
+            psnr=[mean_and_spread(m, d, n) for m, d, n in zip(group.best_attack_psnr_mean, group.best_attack_psnr_std, group.runs, strict=True)],
+            ssim=[mean_and_spread(m, d, n, 3) for m, d, n in zip(group.best_attack_ssim_mean, group.best_attack_ssim_std, group.runs, strict=True)],
         ).sort_values(["family", "utility_mean"], ascending=[True, False])
         lines += ["", _markdown(table[["strategy", "family", "utility", "psnr", "ssim", "front", "runs"]]), ""]
         name = f"{dataset}_{clients}_frontier.png"
@@ -347,13 +347,19 @@ def _pooled_section(ok: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
+def mean_and_spread(mean: float, std: float, runs: int, digits: int = 2) -> str:
+    """``"mean ± std"`` over ``runs`` runs; the mean alone for one run (a single run has no spread,
+    and "± 0.00" would claim one); empty for none."""
+    if runs < 1:
+        return ""
+    return f"{mean:.{digits}f}" if runs == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def _mean_std(frame: pd.DataFrame, column: str, scale: float = 1.0, digits: int = 2) -> pd.Series:
     grouped = frame.groupby(GROUP)[column]
-    mean, std, count = grouped.mean() * scale, grouped.std().fillna(0.0) * scale, grouped.count()
-    return pd.Series(
-        [f"{m:.{digits}f} ± {s:.{digits}f}" if n else "" for m, s, n in zip(mean, std, count, strict=True)],
-        index=mean.index,
-    )
+    mean, std, count = grouped.mean() * scale, grouped.std() * scale, grouped.count()
+    return pd.Series([mean_and_spread(m, s, n, digits) for m, s, n in zip(mean, std, count, strict=True)],
+                     index=mean.index)
 
 
 def _table(frame: pd.DataFrame, columns: dict[str, tuple[str, float, int]]) -> str:
