@@ -348,6 +348,11 @@ def test_the_frontier_section_names_the_most_private_setting_per_utility_level(t
     assert "- utility within 10 points: most private by PSNR **laplace-b2** (13.50 dB" in report
     assert "below 15 dB PSNR: best utility **laplace-b2** (13.50 dB), at a cost of 6.00 points." in report
     assert "| splitfed-cut1 | splitfed | 94.50 ± 0.71 | 29.00 ± 0.00 |" in report
+    # across families: splitfed (95.0 / 30 dB), laplace (94.5 / 22) and laplace-b2 (89.0 / 13.5) are
+    # undominated; splitfed-cut1 (94.5 / 29) is dominated by laplace. By SSIM the same three.
+    assert ("- Pareto front of all families together, most useful first: by PSNR splitfed (splitfed), laplace (laplace), "
+            "laplace-b2 (laplace); by SSIM splitfed (splitfed), laplace (laplace), laplace-b2 (laplace).") in report
+    assert "| splitfed-cut1 | splitfed | 94.50 ± 0.71 | 29.00 ± 0.00 | 0.720 ± 0.000 | True | False | False | 2 |" in report
     assert (tmp_path / "tiny" / "mnist_3_frontier.png").stat().st_size > 1000
     # the matched-utility reference is the plain preset, not a variant without a defense
     assert "utility within 1 point of `splitfed`" in report
@@ -368,7 +373,7 @@ def test_a_single_run_is_reported_without_a_spread(tmp_path):
     (tmp_path / "tiny").mkdir()
     runs.to_csv(tmp_path / "tiny" / "runs.csv", index=False)
     report = write_report(spec, tmp_path / "tiny")
-    assert "| splitfed-cut1 | splitfed | 95.00 | 29.00 | 0.720 | True | 1 |" in report
+    assert "| splitfed-cut1 | splitfed | 95.00 | 29.00 | 0.720 | True | True | False | 1 |" in report
     assert "| mnist | 3 | laplace | 94.5 |  | 0.5 | True |" in report  # matched-utility table: no utility_std
     assert "± 0.00" not in report
 
