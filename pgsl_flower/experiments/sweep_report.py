@@ -245,8 +245,8 @@ def frontier_points(ok: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
     and whether it is on its family's Pareto front by PSNR."""
     ok = ok.assign(utility=[row[utility_column(row.dataset)] for _, row in ok.iterrows()])
     grouped = ok.groupby(GROUP)
-    points = grouped[["utility", "best_attack_psnr", "best_attack_ssim"]].agg(["mean", "std"])
-    points.columns = [f"{c}_{s}" for c, s in points.columns]
+    points = grouped[["utility", "best_attack_psnr", "best_attack_ssim"]].agg(["mean", "std", "count"])
+    points.columns = [f"{c}_{s}" for c, s in points.columns]  # count: runs with that score (attacks can fail)
     points = points.fillna({c: 0.0 for c in points.columns if c.endswith("_std")}).reset_index()
     points["runs"] = grouped.size().values
     points["family"] = points.strategy.map(spec.family)
@@ -311,9 +311,12 @@ def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[
                          f"({best.best_attack_psnr_mean:.2f} dB), at a cost of "
                          f"{(base_utility - best.utility_mean) * 100:.2f} points.")
         table = group.assign(
-            utility=[mean_and_spread(m * 100, d * 100, n) for m, d, n in zip(group.utility_mean, group.utility_std, group.runs, strict=True)],
-            psnr=[mean_and_spread(m, d, n) for m, d, n in zip(group.best_attack_psnr_mean, group.best_attack_psnr_std, group.runs, strict=True)],
-            ssim=[mean_and_spread(m, d, n, 3) for m, d, n in zip(group.best_attack_ssim_mean, group.best_attack_ssim_std, group.runs, strict=True)],
+            utility=[mean_and_spread(m * 100, d * 100, n)
+                     for m, d, n in zip(group.utility_mean, group.utility_std, group.utility_count, strict=True)],
+            psnr=[mean_and_spread(m, d, n) for m, d, n in zip(
+                group.best_attack_psnr_mean, group.best_attack_psnr_std, group.best_attack_psnr_count, strict=True)],
+            ssim=[mean_and_spread(m, d, n, 3) for m, d, n in zip(
+                group.best_attack_ssim_mean, group.best_attack_ssim_std, group.best_attack_ssim_count, strict=True)],
         ).sort_values(["family", "utility_mean"], ascending=[True, False])
         table = table.rename(columns={"overall_front_psnr": "overall front PSNR", "overall_front_ssim": "overall front SSIM"})
         lines += ["", _markdown(table[["strategy", "family", "utility", "psnr", "ssim", "front", "overall front PSNR",
