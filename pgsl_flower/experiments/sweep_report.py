@@ -311,12 +311,8 @@ def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[
                          f"({best.best_attack_psnr_mean:.2f} dB), at a cost of "
                          f"{(base_utility - best.utility_mean) * 100:.2f} points.")
         table = group.assign(
-            utility=[mean_and_spread(m * 100, d * 100, n)
-                     for m, d, n in zip(group.utility_mean, group.utility_std, group.utility_count, strict=True)],
-            psnr=[mean_and_spread(m, d, n) for m, d, n in zip(
-                group.best_attack_psnr_mean, group.best_attack_psnr_std, group.best_attack_psnr_count, strict=True)],
-            ssim=[mean_and_spread(m, d, n, 3) for m, d, n in zip(
-                group.best_attack_ssim_mean, group.best_attack_ssim_std, group.best_attack_ssim_count, strict=True)],
+            utility=_spread_column(group, "utility", scale=100), psnr=_spread_column(group, "best_attack_psnr"),
+            ssim=_spread_column(group, "best_attack_ssim", digits=3),
         ).sort_values(["family", "utility_mean"], ascending=[True, False])
         table = table.rename(columns={"overall_front_psnr": "overall front PSNR", "overall_front_ssim": "overall front SSIM"})
         lines += ["", _markdown(table[["strategy", "family", "utility", "psnr", "ssim", "front", "overall front PSNR",
@@ -325,6 +321,12 @@ def _frontier_section(ok: pd.DataFrame, spec: SweepSpec, out_dir: Path) -> list[
         _plot_frontier(group, f"{dataset}, {clients} clients", utility_column(dataset), out_dir / name)
         lines += [f"![{name}]({name})", ""]
     return lines
+
+
+def _spread_column(points: pd.DataFrame, column: str, scale: float = 1.0, digits: int = 2) -> list[str]:
+    """:func:`mean_and_spread` of a :func:`frontier_points` column (its ``_mean``, ``_std``, ``_count``)."""
+    return [mean_and_spread(m * scale, d * scale, n, digits) for m, d, n in zip(
+        points[f"{column}_mean"], points[f"{column}_std"], points[f"{column}_count"], strict=True)]
 
 
 def _plot_frontier(group: pd.DataFrame, title: str, utility: str, path: Path) -> None:
