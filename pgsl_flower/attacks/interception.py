@@ -19,7 +19,7 @@ Interception is modelled explicitly (paper Section III, honest-but-curious). Run
 The adversary learns from its own partition's images (role ``client``), or, with
 ``adversary-aux-samples`` > 0, from that many images of an auxiliary pool withheld from
 every client (:func:`pgsl_flower.local_data.aux_pool`); the server has no images of its
-own, so its ``decoder`` / ``gan`` attacks need the pool (``white-box`` needs no data).
+own, so its ``decoder`` / ``gan`` / ``white-box-denoised`` attacks need the pool (``white-box`` needs no data).
 :func:`score_reconstructions` is the evaluation harness: it reads the victims' original
 images from disk (never through the protocol), checks they reproduce the intercepted smashed
 data, and scores the reconstructions.
@@ -47,6 +47,7 @@ from pgsl_flower.attacks.scoring import (
     clean_classifier,
     reconstruction_metrics,
 )
+from pgsl_flower.attacks.perturbation_removal import DefenseAwareInversion, PerturbationRemoval
 from pgsl_flower.attacks.unsplit import UnSplit
 from pgsl_flower.attacks.white_box import WhiteBoxInversion
 from pgsl_flower.config import RunConfig
@@ -128,6 +129,11 @@ def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
                                  client_mode="train", batch_size=cfg.batch_size, name=name,
                                  norm="l1" if noise_aware else "l2",
                                  tv_weight=NOISE_AWARE_TV if noise_aware else WhiteBoxInversion.tv_weight)
+    if name == "white-box-denoised":
+        # 'white-box-l1', then the inverse of the clients' input perturbation (PGSL's pixel attack),
+        # learnt on the adversary's own images in as many Adam steps as the inversion takes.
+        base = smashed_data_attack("white-box-l1", cfg)
+        return DefenseAwareInversion(base, PerturbationRemoval(steps=base.steps), name=name)
     if name == "unsplit":
         # Same budget as white-box, split between input and clone steps; same train-mode chunks.
         per_iteration = UnSplit.input_steps + UnSplit.model_steps
@@ -172,7 +178,14 @@ def reconstruct_intercepted(
     pool when 'adversary-aux-samples' > 0, else from ``own`` (its partition; None for the server)."""
     data = aux_data(cfg, partition) if cfg.adversary_aux_samples else own
     observation = SmashedDataObservation(adversary_knowledge(cfg, data, client, partition, image_shape), smashed)
-    return {name: smashed_data_attack(name, cfg).reconstruct(observation).clamp(0, 1) for name in cfg.attack_names}
+    out: dict[str, torch.Tensor] = {}
+    for name in cfg.attack_names:
+        attack = smashed_data_attack(name, cfg)
+        if isinstance(attack, DefenseAwareInversion) and attack.base.name in out:  # its inversion ran already
+            out[name] = attack.reconstruct_from(observation, out[attack.base.name])
+        else:
+            out[name] = attack.reconstruct(observation).clamp(0, 1)
+    return out
 
 
 def server_reconstructions(
