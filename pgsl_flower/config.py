@@ -36,11 +36,13 @@ CLIENT_NORMS = ("batch", "group")
 #: Defenses whose client input is the intentional pixel attack + saliency channel.
 PIXEL_ATTACK_DEFENSES = ("pixel-attack", "pgsl")
 #: Reconstruction attacks the adversarial client can run on intercepted smashed data.
-SMASHED_DATA_ATTACKS = ("decoder", "gan", "white-box", "white-box-l1", "white-box-denoised", "unsplit")
+SMASHED_DATA_ATTACKS = (
+    "decoder", "gan", "white-box", "white-box-l1", "white-box-denoised", "white-box-refined", "unsplit",
+)
 #: Who the honest-but-curious adversary is (run-config 'adversary-role'): a client or the server.
 ADVERSARY_ROLES = ("client", "server")
 #: Attacks that learn from auxiliary images (the server has none of its own).
-AUX_DATA_ATTACKS = ("decoder", "gan", "white-box-denoised")
+AUX_DATA_ATTACKS = ("decoder", "gan", "white-box-denoised", "white-box-refined")
 #: Experiment trackers a run can write its per-round metrics to (pgsl_flower.tracking).
 TRACKERS = ("none", "tensorboard")
 #: Trackers named in the issue but not installed with this project: refused with a clear message.

@@ -19,7 +19,7 @@ Interception is modelled explicitly (paper Section III, honest-but-curious). Run
 The adversary learns from its own partition's images (role ``client``), or, with
 ``adversary-aux-samples`` > 0, from that many images of an auxiliary pool withheld from
 every client (:func:`pgsl_flower.local_data.aux_pool`); the server has no images of its
-own, so its ``decoder`` / ``gan`` / ``white-box-denoised`` attacks need the pool (``white-box`` needs no data).
+own, so its ``decoder`` / ``gan`` / ``white-box-denoised`` / ``white-box-refined`` attacks need the pool (``white-box`` needs no data).
 :func:`score_reconstructions` is the evaluation harness: it reads the victims' original
 images from disk (never through the protocol), checks they reproduce the intercepted smashed
 data, and scores the reconstructions.
@@ -47,7 +47,7 @@ from pgsl_flower.attacks.scoring import (
     clean_classifier,
     reconstruction_metrics,
 )
-from pgsl_flower.attacks.perturbation_removal import DefenseAwareInversion, PerturbationRemoval
+from pgsl_flower.attacks.perturbation_removal import DefenseAwareInversion, InversionRefinement, PerturbationRemoval
 from pgsl_flower.attacks.unsplit import UnSplit
 from pgsl_flower.attacks.white_box import WhiteBoxInversion
 from pgsl_flower.config import RunConfig
@@ -134,6 +134,12 @@ def smashed_data_attack(name: str, cfg: RunConfig) -> ReconstructionAttack:
         # learnt on the adversary's own images in as many Adam steps as the inversion takes.
         base = smashed_data_attack("white-box-l1", cfg)
         return DefenseAwareInversion(base, PerturbationRemoval(steps=base.steps), name=name)
+    if name == "white-box-refined":
+        # 'white-box-l1', then a refiner learnt on as many of the adversary's own images as it
+        # intercepts, pushed through the clients' pipeline and defense and the same inversion.
+        base = smashed_data_attack("white-box-l1", cfg)
+        return DefenseAwareInversion(base, InversionRefinement(base, pairs=cfg.adversary_images, steps=base.steps),
+                                     name=name)
     if name == "unsplit":
         # Same budget as white-box, split between input and clone steps; same train-mode chunks.
         per_iteration = UnSplit.input_steps + UnSplit.model_steps
