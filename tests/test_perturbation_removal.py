@@ -38,17 +38,24 @@ def _knowledge(cfg: RunConfig):
     return adversary_knowledge(cfg, aux_data(cfg, SERVER_ADVERSARY), client, SERVER_ADVERSARY, (1, 28, 28))
 
 
+def _assert_closer(before_images: torch.Tensor, after_images: torch.Tensor, clean: torch.Tensor,
+                   min_psnr_gain: float, min_ssim_gain: float) -> None:
+    """``after_images`` (in [0, 1], clean's shape) score at least these gains over ``before_images``."""
+    before, after = reconstruction_metrics(before_images, clean), reconstruction_metrics(after_images, clean)
+    print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, SSIM {before['ssim']:.3f} -> {after['ssim']:.3f}")
+    assert after["psnr"] >= before["psnr"] + min_psnr_gain
+    assert after["ssim"] > before["ssim"] + min_ssim_gain
+    assert after_images.shape == clean.shape
+    assert 0 <= float(after_images.min()) and float(after_images.max()) <= 1
+
+
 def test_the_learnt_inverse_undoes_the_pixel_attack_on_images_it_never_saw():
     """Trained on the pool's (attacked, clean) pairs only, it restores a victim's attacked images
     (what an exact white-box inversion recovers) far closer to the clean ones."""
     clean, attacked = _victim(PGSL)
     assert not torch.equal(clean, attacked)  # the pixel attack changed them
     restored = PerturbationRemoval(steps=300).apply(_knowledge(PGSL), attacked)
-    before, after = reconstruction_metrics(attacked, clean), reconstruction_metrics(restored, clean)
-    print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, SSIM {before['ssim']:.3f} -> {after['ssim']:.3f}")
-    assert after["psnr"] >= before["psnr"] + 3.0
-    assert after["ssim"] > before["ssim"] + 0.05
-    assert restored.shape == clean.shape and 0 <= float(restored.min()) and float(restored.max()) <= 1
+    _assert_closer(attacked, restored, clean, min_psnr_gain=3.0, min_ssim_gain=0.05)
 
 
 def test_without_an_input_perturbation_there_is_nothing_to_undo():
@@ -94,12 +101,7 @@ def test_the_refiner_learnt_through_the_inversion_sees_through_laplace_noise():
     observation = SmashedDataObservation(knowledge, sent)
     inverted = smashed_data_attack("white-box-l1", cfg).reconstruct(observation).clamp(0, 1)
     refined = smashed_data_attack("white-box-refined", cfg).reconstruct_from(observation, inverted)
-    clean = data.images(index)
-    before, after = reconstruction_metrics(inverted, clean), reconstruction_metrics(refined, clean)
-    print(f"PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, SSIM {before['ssim']:.3f} -> {after['ssim']:.3f}")
-    assert after["psnr"] >= before["psnr"] + 5.0
-    assert after["ssim"] > before["ssim"] + 0.1
-    assert refined.shape == clean.shape and 0 <= float(refined.min()) and float(refined.max()) <= 1
+    _assert_closer(inverted, refined, data.images(index), min_psnr_gain=5.0, min_ssim_gain=0.1)
 
 
 def test_the_refiner_needs_images_and_the_server_runs_it_on_its_inversion():
