@@ -19,7 +19,8 @@ Interception is modelled explicitly (paper Section III, honest-but-curious). Run
 The adversary learns from its own partition's images (role ``client``), or, with
 ``adversary-aux-samples`` > 0, from that many images of an auxiliary pool withheld from
 every client (:func:`pgsl_flower.local_data.aux_pool`); the server has no images of its
-own, so its ``decoder`` / ``gan`` / ``white-box-denoised`` / ``white-box-refined`` attacks need the pool (``white-box`` needs no data).
+own, so its ``decoder`` / ``gan`` / ``white-box-denoised`` / ``white-box-refined`` attacks need the pool
+(``white-box`` needs no data).
 :func:`score_reconstructions` is the evaluation harness: it reads the victims' original
 images from disk (never through the protocol), checks they reproduce the intercepted smashed
 data, and scores the reconstructions.

@@ -1,4 +1,4 @@
-"""Defense-aware white-box inversion: undo the client's input perturbation (PGSL's pixel attack).
+"""Defense-aware white-box inversion: clean-ups of the inversion the adversary learns on its own images.
 
 White-box inversion recovers what the client part was fed. Under PGSL that is the
 *attacked* image (paper Section IV-A, eq. 1: the k most salient pixels of ``Map'``
