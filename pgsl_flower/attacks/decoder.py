@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation, smashed_in_batches
+from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation
 from pgsl_flower.model import CONV_CHANNELS
 
 
@@ -48,9 +48,7 @@ class DecoderInversion:
     def fit(self, knowledge: AdversaryKnowledge) -> Decoder:
         torch.manual_seed(knowledge.seed)
         images = knowledge.own_images
-        smashed = smashed_in_batches(knowledge.client, knowledge.own_inputs, self.batch_size)
-        if knowledge.release is not None:  # train on what the defense lets through
-            smashed = knowledge.release(smashed)
+        smashed = knowledge.sent(knowledge.own_inputs, self.batch_size)  # what the defense lets through
         decoder = Decoder(images.shape[1])
         optimizer = torch.optim.Adam(decoder.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(knowledge.seed)

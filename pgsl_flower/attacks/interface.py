@@ -45,6 +45,12 @@ class AdversaryKnowledge:
     #: (e.g. adds Laplace noise): a defense is public, only its randomness is not.
     release: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    def sent(self, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """What its own client would send for ``inputs``: the client part in train mode
+        (:func:`smashed_in_batches`), then the defense's ``release`` with its own randomness."""
+        smashed = smashed_in_batches(self.client, inputs, batch_size)
+        return smashed if self.release is None else self.release(smashed)
+
 
 @dataclass(frozen=True)
 class SmashedDataObservation:

@@ -31,12 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.attacks.interface import (
-    AdversaryKnowledge,
-    SmashedDataObservation,
-    images_from_inputs,
-    smashed_in_batches,
-)
+from pgsl_flower.attacks.interface import AdversaryKnowledge, SmashedDataObservation, images_from_inputs
 from pgsl_flower.attacks.white_box import WhiteBoxInversion
 
 
@@ -124,9 +119,7 @@ class InversionRefinement:
             return None
         generator = torch.Generator().manual_seed(knowledge.seed)
         chosen = torch.randperm(len(knowledge.own_images), generator=generator)[: self.pairs]
-        smashed = smashed_in_batches(knowledge.client, knowledge.own_inputs[chosen], self.inversion.batch_size)
-        if knowledge.release is not None:  # the defense's randomness, freshly drawn
-            smashed = knowledge.release(smashed)
+        smashed = knowledge.sent(knowledge.own_inputs[chosen], self.inversion.batch_size)  # fresh defense noise
         inverted = self.inversion.reconstruct(SmashedDataObservation(knowledge, smashed)).clamp(0, 1)
         clean = knowledge.own_images[chosen]
         return train_denoiser(inverted, clean, knowledge.seed, self.steps, self.lr, self.batch_size)
