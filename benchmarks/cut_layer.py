@@ -1,8 +1,9 @@
-"""What the cut layer costs the client: compute, time and bytes per round against ``cut-layer``.
+"""What the cut layer costs the client: compute, time and bytes against ``cut-layer``.
 
 For each k (the client holds conv1..convk of the paper's seven convs) on one image size:
 - client-part multiply-accumulates per image (forward; counted with hooks on every
-  conv / linear layer) and their share of the whole network's;
+  conv / linear layer) and their share of the whole network's (a 10-class head; the
+  head's MACs are a negligible part of the server's);
 - the client part's weights: parameters and float32 bytes, what a client uploads to
   FedAvg each round on top of its smashed data;
 - the smashed data per image in float32 bytes (the same 64 x H/2 x W/2 at every k);
@@ -12,7 +13,8 @@ For each k (the client holds conv1..convk of the paper's seven convs) on one ima
   on pixel values.
 
 Privacy and accuracy against k come from the frontier sweep (``simulations/frontier.toml``,
-cut 1 / 2 / 4); this prints the cost side.
+cut 1 / 2 / 4), and so do bytes per round (runs.csv's ``bytes_up_per_client``); this prints
+the cost per image and per step.
 
     python benchmarks/cut_layer.py                       # MNIST size (28 x 28), batch 32
     python benchmarks/cut_layer.py --image-size 64 --batch-size 16
