@@ -10,19 +10,24 @@ Per-exchange latency = the round's training seconds / training messages per
 client (clients exchange in parallel; each one's messages are sequential).
 Samples/s = training samples of all clients / training seconds.
 
-Deployment settings (``--deploy``, each ``APP:DTYPE:POLL``) are compared side by
-side in one command: APP is ``head`` (this checkout) or a path to another
+Deployment settings (``--deploy``, each ``APP:DTYPE:POLL[:THREADS]``) are compared
+side by side in one command: APP is ``head`` (this checkout) or a path to another
 checkout of the project (e.g. the main branch: the "before" numbers); DTYPE the
 run-config ``payload-dtype`` (``float32`` or ``float16``; an app without that key
 can only run ``float32``); POLL the SuperExec task poll interval in seconds
-(``LocalPilot(task_poll_interval=...)``) or ``flower`` for Flower's default (1.0 s).
-Settings with the same POLL share one pilot (SuperLink + SuperNodes); all pilots
-are up for the whole command and the settings take turns for each k.
+(``LocalPilot(task_poll_interval=...)``) or ``flower`` for Flower's default (1.0 s);
+THREADS the torch threads of every process (``LocalPilot(threads=...)``): a number,
+``auto`` (the default: the cores shared among the ServerApp and the sites) or
+``torch`` (torch's default, a thread per core in every process). Settings with the
+same POLL and THREADS share one pilot (SuperLink + SuperNodes); all pilots are up
+for the whole command and the settings take turns for each k.
 
     python benchmarks/deployment.py                 # 3 sites, k = 1 8, 320 images per site
     python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088
     python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088 --k1-batches 8
         --deploy /work/main:float32:flower head:float32:flower head:float32:0.1 head:float16:0.1
+    python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088 --k1-batches 4 --no-simulation
+        --deploy head:float32:0.1:torch head:float32:0.1:auto
 """
 
 from __future__ import annotations
@@ -41,34 +46,51 @@ sys.path.insert(0, str(ROOT))
 
 from pgsl_flower.data import load_dataset, resolve_data_root  # noqa: E402
 from pgsl_flower.data.site_folder import write_site_folder  # noqa: E402
-from pgsl_flower.pilot.local import DEFAULT_TASK_POLL_INTERVAL, LocalPilot, copy_app  # noqa: E402
+from pgsl_flower.pilot.local import AUTO_THREADS, DEFAULT_TASK_POLL_INTERVAL, LocalPilot, copy_app  # noqa: E402
 from pgsl_flower.simulation import simulate  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One deployment setting: which app, the payload dtype on the wire, the SuperExec poll."""
+    """One deployment setting: which app, the payload dtype on the wire, the SuperExec poll, the threads."""
 
     app: str  # "head" or a project checkout
     dtype: str  # run-config payload-dtype
     poll: float | None  # None: Flower's default
+    threads: int | str | None = AUTO_THREADS  # LocalPilot(threads=...); None: torch's default
 
     @property
     def label(self) -> str:
         app = "head" if self.app == "head" else Path(self.app).name
-        return f"{app} {self.dtype} poll={'flower' if self.poll is None else f'{self.poll:g}'}"
+        threads = "torch" if self.threads is None else self.threads
+        return f"{app} {self.dtype} poll={'flower' if self.poll is None else f'{self.poll:g}'} threads={threads}"
+
+    @property
+    def pilot_key(self) -> tuple[float | None, int | str | None]:
+        """Settings with the same key share one pilot."""
+        return self.poll, self.threads
 
 
 def parse_setting(text: str) -> Setting:
-    """``APP:DTYPE:POLL`` (see the module docstring)."""
-    parts = text.rsplit(":", 2)
-    if len(parts) != 3 or parts[1] not in ("float32", "float16"):
-        raise argparse.ArgumentTypeError(f"--deploy {text!r}: expected APP:float32|float16:SECONDS|flower")
+    """``APP:DTYPE:POLL[:THREADS]`` (see the module docstring)."""
+    expected = "expected APP:float32|float16:SECONDS|flower[:N|auto|torch]"
+    dtypes = ("float32", "float16")
+    threads: int | str | None = AUTO_THREADS
+    parts = text.rsplit(":", 3)
+    if len(parts) == 4 and parts[1] in dtypes:  # APP:DTYPE:POLL:THREADS
+        *parts, field = parts
+        if field not in (AUTO_THREADS, "torch") and not (field.isdigit() and int(field) > 0):
+            raise argparse.ArgumentTypeError(f"--deploy {text!r}: THREADS must be a positive number, auto or torch")
+        threads = None if field == "torch" else field if field == AUTO_THREADS else int(field)
+    else:
+        parts = text.rsplit(":", 2)
+    if len(parts) != 3 or parts[1] not in dtypes:
+        raise argparse.ArgumentTypeError(f"--deploy {text!r}: {expected}")
     app, dtype, poll = parts
     if app != "head" and not (Path(app) / "pgsl_flower").is_dir():
         raise argparse.ArgumentTypeError(f"--deploy {text!r}: {app} is not a checkout of this project")
     try:
-        return Setting(app, dtype, None if poll == "flower" else float(poll))
+        return Setting(app, dtype, None if poll == "flower" else float(poll), threads)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--deploy {text!r}: POLL must be seconds or 'flower'") from None
 
@@ -111,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return {**base, "batches-per-message": k, **cap, **wire}
 
     dtypes = list(dict.fromkeys(s.dtype for s in args.deploy))
-    polls = list(dict.fromkeys(s.poll for s in args.deploy))
+    pilot_keys = list(dict.fromkeys(s.pilot_key for s in args.deploy))
     results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="pgsl-deploy-bench-") as tmp:
         work = Path(tmp)
@@ -129,18 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"simulation k={k} {dtype}: {results[f'simulation head {dtype}', k]}", flush=True)
         apps = {app: ROOT if app == "head" else Path(app).resolve() for app in dict.fromkeys(s.app for s in args.deploy)}
         packaged = {app: copy_app(root, work / f"app-{index}") for index, (app, root) in enumerate(apps.items())}
-        with contextlib.ExitStack() as stack:  # one pilot per poll setting, all up at once
+        with contextlib.ExitStack() as stack:  # one pilot per (poll, threads) setting, all up at once
             pilots = {}
-            for index, poll in enumerate(polls):
-                pilots[poll] = stack.enter_context(LocalPilot(
+            for index, (poll, threads) in enumerate(pilot_keys):
+                pilots[poll, threads] = stack.enter_context(LocalPilot(
                     work / f"pilot-{index}", sites, next(iter(packaged.values())),
-                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, task_poll_interval=poll))
-                pilots[poll].start()
+                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, task_poll_interval=poll, threads=threads))
+                pilots[poll, threads].start()
             # k-major, settings in turn: every setting of one k runs close together in time, so a
             # change in the machine's load (a shared machine) hits them alike
             for k in args.chunks:
                 for setting in args.deploy:
-                    pilot = pilots[setting.poll]
+                    pilot = pilots[setting.pilot_key]
                     pilot.app_dir = packaged[setting.app]
                     output = work / f"deploy-{len(results)}"
                     result = pilot.run({**config(k, setting.dtype), "samples-per-client": 0, "output-dir": str(output)})

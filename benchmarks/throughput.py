@@ -10,10 +10,13 @@ training splits), the same batch size and optimizer:
   timed in windows of the same number of samples, half before and half after
   the federated run (the machine is shared and noisy).
 
-Prints the medians and their ratio (federated / centralized).
+Prints the medians and their ratio (federated / centralized). ``--server-threads``
+runs the federated side once per value, with the server (the simulation's driver
+process) at that many torch threads; the centralized side keeps torch's default.
 
     python benchmarks/throughput.py                 # N=10, MNIST, 3 rounds
     python benchmarks/throughput.py --clients 10 --samples-per-client 2000
+    python benchmarks/throughput.py --server-threads 0 1    # server at torch's default, then at 1 thread
 """
 
 from __future__ import annotations
@@ -76,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", default="splitfed", choices=["splitfed", "sequential"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--server-threads", type=int, nargs="+", default=[0], metavar="N",
+                        help="torch threads of the federated run's server (the simulation's driver process; "
+                             "0: torch's default); several values run one federated run each, side by side")
     args = parser.parse_args(argv)
+    if any(n < 0 for n in args.server_threads):
+        parser.error(f"--server-threads {args.server_threads}: 0 (torch's default) or a positive count")
 
     cfg = RunConfig(
         num_rounds=args.rounds,
@@ -87,28 +95,45 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         bn_recalibration="off",  # training throughput only, as centralized training has no such step
     )
+    default_threads = torch.get_num_threads()
     half = max(args.rounds // 2, 1)
     central = centralized_windows(cfg, args.clients, half)
-    with tempfile.TemporaryDirectory() as tmp:
-        federated = federated_rounds(cfg, args.clients, Path(tmp) / "run")
+    federated: dict[int, list[float]] = {}
+    for threads in args.server_threads:
+        torch.set_num_threads(threads or default_threads)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                federated[threads] = federated_rounds(cfg, args.clients, Path(tmp) / "run")
+        finally:
+            torch.set_num_threads(default_threads)
     central += centralized_windows(cfg, args.clients, args.rounds - half)
 
-    fed_median, central_median = statistics.median(federated), statistics.median(central)
+    central_median = statistics.median(central)
     result = {
         "clients": args.clients,
         "schedule": args.schedule,
         "samples_per_round": int(round(cfg.samples_per_client * (1 - cfg.holdout_fraction))) * args.clients,
         "batch_size": cfg.batch_size,
-        "torch_threads": torch.get_num_threads(),
-        "federated_samples_per_s": [round(r, 1) for r in federated],
+        "torch_threads": default_threads,
         "centralized_samples_per_s": [round(r, 1) for r in central],
-        "federated_median": round(fed_median, 1),
         "centralized_median": round(central_median, 1),
-        "ratio_federated_over_centralized": round(fed_median / central_median, 3),
+        "federated": [],
     }
-    print(f"federated   ({args.schedule}, N={args.clients}): median {fed_median:8.1f} samples/s  {result['federated_samples_per_s']}")
-    print(f"centralized (1 process):          median {central_median:8.1f} samples/s  {result['centralized_samples_per_s']}")
-    print(f"ratio federated / centralized: {result['ratio_federated_over_centralized']:.3f}")
+    for threads, rates in federated.items():
+        fed_median = statistics.median(rates)
+        result["federated"].append({
+            "server_threads": threads or default_threads,
+            "samples_per_s": [round(r, 1) for r in rates],
+            "median": round(fed_median, 1),
+            "ratio_federated_over_centralized": round(fed_median / central_median, 3),
+        })
+        print(f"federated   ({args.schedule}, N={args.clients}, server threads {threads or default_threads}): "
+              f"median {fed_median:8.1f} samples/s  {[round(r, 1) for r in rates]}")
+    print(f"centralized (1 process, {default_threads} threads):  median {central_median:8.1f} samples/s  "
+          f"{result['centralized_samples_per_s']}")
+    for entry in result["federated"]:
+        print(f"ratio federated (server threads {entry['server_threads']}) / centralized: "
+              f"{entry['ratio_federated_over_centralized']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -254,6 +254,8 @@ def run_federation(
         **attack_summary,
         "wall_seconds": round(time.perf_counter() - started, 3),
         "train_samples": sum(trainer.train_sizes.values()),
+        # the ServerApp's intra-op threads: results depend on it (summation order), speed too
+        "server_torch_threads": torch.get_num_threads(),
     }
     write_json(run_dir / "summary.json", summary)
     log(INFO, "pgsl-flower: done, final test accuracy %.4f, outputs in %s", summary["final_test_accuracy"], run_dir)

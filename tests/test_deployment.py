@@ -16,7 +16,14 @@ import pytest
 from pgsl_flower import checkpoint
 from pgsl_flower.data import load_dataset, resolve_data_root
 from pgsl_flower.data.site_folder import write_site_folder
-from pgsl_flower.pilot.local import DEFAULT_TASK_POLL_INTERVAL, TASK_POLL_ENV, LocalPilot, copy_app
+from pgsl_flower.pilot.local import (
+    DEFAULT_TASK_POLL_INTERVAL,
+    TASK_POLL_ENV,
+    THREADS_ENV,
+    LocalPilot,
+    copy_app,
+    threads_per_process,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ("site-a", "site-b", "site-c")
@@ -43,7 +50,7 @@ def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
     }
     output_dir = tmp_path / "server-outputs"
     pilot = LocalPilot(tmp_path / "pilot", sites, copy_app(ROOT, tmp_path / "app"),
-                       env={"PGSL_DATA_DIR": str(resolve_data_root()), "OMP_NUM_THREADS": "1"})
+                       env={"PGSL_DATA_DIR": str(resolve_data_root())})  # threads: "auto"
     try:
         pilot.start()
         # a SuperNode whose key was never registered, and one without TLS, are refused
@@ -70,6 +77,8 @@ def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
     assert "(site-c) dropped for this round" in result.log
     (run_dir,) = output_dir.iterdir()
     assert json.loads((run_dir / "config.json").read_text())["site-names"] == list(SITES)
+    # the ServerApp (started by the SuperLink's SuperExec) ran with the pilot's share of the cores
+    assert json.loads((run_dir / "summary.json").read_text())["server_torch_threads"] == threads_per_process(4)
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["clients"], r["failed_clients"]) for r in rows] == [("3", "0"), ("2", "1")]
@@ -98,3 +107,22 @@ def test_pilot_sets_the_superexec_task_poll_interval(tmp_path, monkeypatch):
     for bad in (0.001, 61.0, float("nan")):
         with pytest.raises(ValueError, match=f"task_poll_interval = {bad!r}: Flower's {TASK_POLL_ENV} must be in"):
             LocalPilot(tmp_path, sites, tmp_path, task_poll_interval=bad)
+
+
+def test_pilot_shares_the_cores_among_its_processes(tmp_path, monkeypatch):
+    """Every process LocalPilot starts gets OMP_NUM_THREADS (torch's intra-op threads): by default the
+    machine's cores shared among the ServerApp and the sites, at least one each; an explicit count; None
+    leaves torch's default; the caller's env wins; anything else is refused before a process starts."""
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert threads_per_process(4, cores=2) == 1 and threads_per_process(3, cores=16) == 5
+    assert threads_per_process(1, cores=8) == 8
+    with pytest.raises(ValueError, match="processes = 0"):
+        threads_per_process(0)
+    sites = {"site-a": tmp_path, "site-b": tmp_path}
+    assert LocalPilot(tmp_path, sites, tmp_path)._env()[THREADS_ENV] == str(threads_per_process(3))
+    assert LocalPilot(tmp_path, sites, tmp_path, threads=3)._env()[THREADS_ENV] == "3"
+    assert THREADS_ENV not in LocalPilot(tmp_path, sites, tmp_path, threads=None)._env()
+    assert LocalPilot(tmp_path, sites, tmp_path, threads=3, env={THREADS_ENV: "2"})._env()[THREADS_ENV] == "2"
+    for bad in (0, -1, 1.5, True, "4"):
+        with pytest.raises(ValueError, match=f"LocalPilot threads = {bad!r}: a positive int"):
+            LocalPilot(tmp_path, sites, tmp_path, threads=bad)

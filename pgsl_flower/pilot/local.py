@@ -39,6 +39,23 @@ TASK_POLL_RANGE = (0.01, 60.0)
 #: The pilot's default: a check costs one local HTTP request to the SuperNode, and each
 #: exchange waited on average half the interval for it (0.5 s at Flower's 1.0).
 DEFAULT_TASK_POLL_INTERVAL = 0.1
+#: torch's intra-op threads come from this variable (torch's default: one per core).
+THREADS_ENV = "OMP_NUM_THREADS"
+#: ``LocalPilot(threads=AUTO_THREADS)``: share the machine's cores among the ServerApp and the sites.
+AUTO_THREADS = "auto"
+
+
+def threads_per_process(processes: int, cores: int | None = None) -> int:
+    """torch threads per process when ``processes`` compute at once on one machine:
+    its cores shared out, at least one each.
+
+    Each process left at torch's default runs one OpenMP thread per core; with the
+    ServerApp and every site's ClientApp computing at once on the same cores, the
+    threads of one step wait on threads that are descheduled.
+    """
+    if processes < 1:
+        raise ValueError(f"processes = {processes}: at least one process computes")
+    return max(1, (cores or os.cpu_count() or 1) // processes)
 
 
 def free_port() -> int:
@@ -109,6 +126,10 @@ class LocalPilot:
     environment (e.g. ``PGSL_DATA_DIR`` for the server's test set).
     ``task_poll_interval`` (seconds) is how often each SuperNode's SuperExec looks for a
     message to start a ClientApp for (:data:`TASK_POLL_ENV`); None leaves Flower's default (1.0 s).
+    ``threads`` is every process's torch thread count (:data:`THREADS_ENV`, which the
+    ServerApp and the ClientApp processes inherit): ``"auto"`` shares the cores among the
+    ServerApp and the sites (:func:`threads_per_process`), None leaves torch's default (one
+    thread per core in every process); ``env`` can set :data:`THREADS_ENV` itself instead.
     """
 
     workdir: Path
@@ -116,6 +137,7 @@ class LocalPilot:
     app_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     task_poll_interval: float | None = DEFAULT_TASK_POLL_INTERVAL
+    threads: int | str | None = AUTO_THREADS
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
@@ -131,6 +153,12 @@ class LocalPilot:
                 f"LocalPilot task_poll_interval = {self.task_poll_interval!r}: Flower's {TASK_POLL_ENV} must be "
                 f"in {low}..{high} seconds (None: Flower's default, 1.0)"
             )
+        if self.threads == AUTO_THREADS:
+            self.threads = threads_per_process(len(self.sites) + 1)
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"LocalPilot threads = {self.threads!r}: a positive int, {AUTO_THREADS!r} or None "
+                             "(torch's default)")
 
     # -- processes -----------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -141,6 +169,7 @@ class LocalPilot:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "FLWR_TELEMETRY_ENABLED": "0",
             **({TASK_POLL_ENV: str(self.task_poll_interval)} if self.task_poll_interval is not None else {}),
+            **({THREADS_ENV: str(self.threads)} if self.threads is not None else {}),
             **self.env,
         }
 
