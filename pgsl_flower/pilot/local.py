@@ -128,8 +128,9 @@ class LocalPilot:
     message to start a ClientApp for (:data:`TASK_POLL_ENV`); None leaves Flower's default (1.0 s).
     ``threads`` is every process's torch thread count (:data:`THREADS_ENV`, which the
     ServerApp and the ClientApp processes inherit): ``"auto"`` shares the cores among the
-    ServerApp and the sites (:func:`threads_per_process`), None leaves torch's default (one
-    thread per core in every process); ``env`` can set :data:`THREADS_ENV` itself instead.
+    ServerApp and the sites (:func:`threads_per_process`), None leaves the environment as it
+    is (unset: torch's default, one thread per core in every process); ``env`` can set
+    :data:`THREADS_ENV` itself instead.
     """
 
     workdir: Path
