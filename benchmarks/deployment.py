@@ -71,6 +71,10 @@ class Setting:
         return self.poll, self.threads
 
 
+#: THREADS words of ``--deploy``: ``LocalPilot(threads=...)`` values.
+_THREAD_WORDS: dict[str, str | None] = {AUTO_THREADS: AUTO_THREADS, "torch": None}
+
+
 def parse_setting(text: str) -> Setting:
     """``APP:DTYPE:POLL[:THREADS]`` (see the module docstring)."""
     expected = "expected APP:float32|float16:SECONDS|flower[:N|auto|torch]"
@@ -79,9 +83,12 @@ def parse_setting(text: str) -> Setting:
     parts = text.rsplit(":", 3)
     if len(parts) == 4 and parts[1] in dtypes:  # APP:DTYPE:POLL:THREADS
         *parts, field = parts
-        if field not in (AUTO_THREADS, "torch") and not (field.isdigit() and int(field) > 0):
+        if field in _THREAD_WORDS:
+            threads = _THREAD_WORDS[field]
+        elif field.isdigit() and int(field) > 0:
+            threads = int(field)
+        else:
             raise argparse.ArgumentTypeError(f"--deploy {text!r}: THREADS must be a positive number, auto or torch")
-        threads = None if field == "torch" else field if field == AUTO_THREADS else int(field)
     else:
         parts = text.rsplit(":", 2)
     if len(parts) != 3 or parts[1] not in dtypes:
