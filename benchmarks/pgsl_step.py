@@ -5,9 +5,13 @@
    median over repeats, on this process's torch threads:
 
    - the plain server step (one tower, SplitFed) and the PGSL server step, and their ratio;
-   - the PGSL step's parts, each timed alone: the proximal recovery (paper eqs. 2-6), the
-     fusion (eq. 8), the three towers' forward + backward, the optimizer step; what the
-     parts do not explain is Python and autograd overhead.
+     with two or more threads the PGSL step runs its towers in two lanes
+     (``pgsl/lanes.py``), and the same step with the towers one after another
+     (``two_lanes=False``) is timed beside it;
+   - the PGSL step's parts, each timed alone on all threads: the proximal recovery
+     (paper eqs. 2-6), the fusion (eq. 8), the three towers' forward + backward, the
+     optimizer step; what they do not explain of the sequential step is Python and
+     autograd overhead.
 
    ``--baseline REV`` also measures the package as of git revision REV (extracted with
    ``git archive`` into a temporary folder) and prints before / after: the two trees run
@@ -15,8 +19,10 @@
 
 2. ``--rounds R``: the done-when measurement of the round ratio. ``make run``'s settings
    (10 clients, MNIST, 2,000 samples per client, batch 64), with the PGSL preset
-   (``strategies/pgsl.toml``) and without it (SplitFed, no defense), R rounds each, the
-   two simulations alternating ``--pairs`` times; per-round seconds from metrics.csv
+   (``strategies/pgsl.toml``) and without it (SplitFed, no defense), R rounds each, plus
+   PGSL with its towers one after another instead of in two lanes
+   (``server_model.TWO_LANES = False``), the three simulations alternating ``--pairs``
+   times; per-round seconds from metrics.csv
    (``round_seconds``: training, evaluation, BatchNorm recalibration). The first round
    of each run is dropped when R > 1 (start-up). Prints the medians and their ratio.
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import os
 import statistics
@@ -81,6 +88,10 @@ def measure_step(repeats: int, parts: bool) -> dict[str, float]:
         "pgsl_step_ms": _median_ms(lambda: pgsl.step(smashed, labels), repeats),
     }
     result["ratio_pgsl_over_plain"] = result["pgsl_step_ms"] / result["plain_step_ms"]
+    if "two_lanes" in inspect.signature(PGSLServerModel).parameters:  # an older tree has one way only
+        sequential = PGSLServerModel(cfg, data.num_classes, cpu, two_lanes=False)
+        result["pgsl_sequential_step_ms"] = _median_ms(lambda: sequential.step(smashed, labels), repeats)
+        result["ratio_pgsl_sequential_over_plain"] = result["pgsl_sequential_step_ms"] / result["plain_step_ms"]
     if not parts:
         return result
     net = pgsl.model
@@ -102,8 +113,9 @@ def measure_step(repeats: int, parts: bool) -> dict[str, float]:
     result["tower_recovered_ms"] = _median_ms(lambda: tower("recovered", recovered, False), repeats)
     result["tower_attacked_ms"] = _median_ms(lambda: tower("attacked", smashed, False), repeats)
     result["optimizer_ms"] = _median_ms(pgsl.optimizer.step, repeats)
-    named = [k for k in result if k.endswith("_ms") and k not in ("plain_step_ms", "pgsl_step_ms")]
-    result["unexplained_ms"] = result["pgsl_step_ms"] - sum(result[k] for k in named)
+    named = [k for k in result if k.endswith("_ms") and not k.startswith(("plain_", "pgsl_"))]
+    sequential_ms = result.get("pgsl_sequential_step_ms", result["pgsl_step_ms"])
+    result["unexplained_ms"] = sequential_ms - sum(result[k] for k in named)
     return result
 
 
@@ -150,17 +162,24 @@ def round_ratio(rounds: int, pairs: int, clients: int) -> dict[str, object]:
     from pgsl_flower.config import parse_run_config
     from pgsl_flower.simulation import simulate
 
+    from pgsl_flower.pgsl import server_model
+
     preset = _read_preset(ROOT / "strategies" / "pgsl.toml")
-    configs = {
-        "splitfed": parse_run_config({"num-rounds": rounds}),
-        "pgsl": parse_run_config({**preset, "num-rounds": rounds}),
+    configs = {  # name: (run-config, PGSL's towers in two lanes)
+        "splitfed": (parse_run_config({"num-rounds": rounds}), True),
+        "pgsl": (parse_run_config({**preset, "num-rounds": rounds}), True),
+        "pgsl_sequential": (parse_run_config({**preset, "num-rounds": rounds}), False),
     }
     seconds: dict[str, list[float]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(pairs):
-            for name, cfg in configs.items():
+            for name, (cfg, two_lanes) in configs.items():
                 run_dir = Path(tmp) / f"{name}-{pair}"
-                simulate(cfg, clients, run_dir=run_dir)
+                default, server_model.TWO_LANES = server_model.TWO_LANES, two_lanes  # the ServerApp runs here
+                try:
+                    simulate(cfg, clients, run_dir=run_dir)
+                finally:
+                    server_model.TWO_LANES = default
                 seconds[name] += _round_seconds(run_dir, drop_first=rounds > 1)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
@@ -168,6 +187,7 @@ def round_ratio(rounds: int, pairs: int, clients: int) -> dict[str, object]:
         "round_seconds": {name: [round(s, 1) for s in values] for name, values in seconds.items()},
         "median_round_seconds": {name: round(m, 1) for name, m in medians.items()},
         "ratio_pgsl_over_splitfed": round(medians["pgsl"] / medians["splitfed"], 3),
+        "ratio_pgsl_sequential_over_splitfed": round(medians["pgsl_sequential"] / medians["splitfed"], 3),
     }
 
 
@@ -180,7 +200,7 @@ def _read_preset(path: Path) -> dict[str, object]:
 
 def _print_step(result: dict[str, float]) -> None:
     for key, value in result.items():
-        print(f"  {key:24s} {value:9.2f}" if key.endswith("_ms") else f"  {key:24s} {value:9.3f}")
+        print(f"  {key:34s} {value:9.2f}" if key.endswith("_ms") else f"  {key:34s} {value:9.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"before ({args.baseline}) / after (this tree), median of {args.pairs} alternating runs:")
             for key in compared["before"]:
                 before, after = compared["before"][key], compared["after"][key]
-                print(f"  {key:24s} {before:9.2f} -> {after:9.2f}   after/before {after / before:.3f}")
+                print(f"  {key:34s} {before:9.2f} -> {after:9.2f}   after/before {after / before:.3f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -103,7 +103,7 @@ class ServerModel:
     def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
         """One optimizer step on a client batch; returns (dL/dh, loss sum, predicted classes)."""
         self.model.train()
-        h = smashed.to(self.device).requires_grad_(True)
+        h = smashed.to(self.device).detach().requires_grad_(True)  # a fresh leaf: a tensor stepped on twice does not sum its gradients
         y = labels.to(self.device)
         logits = self.model(h)
         loss = self.loss(logits, y)

@@ -25,6 +25,7 @@ Selected by run-config ``defense = "pgsl"``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,13 +33,29 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pgsl_flower.config import RunConfig
+from pgsl_flower.config import ConfigError, RunConfig
 from pgsl_flower.model import CONV_CHANNELS, ServerNet, decayed_step, make_optimizer
 from pgsl_flower.strategy import ServerModel
 from pgsl_flower.pgsl.fusion import ConvSumFusion, fuse_decisions
+from pgsl_flower.pgsl.lanes import TwoLaneStep
 from pgsl_flower.pgsl.proximal import robust_pca
 
 STREAMS = ("recovered", "fused", "attacked")
+
+#: Run the towers in two lanes on a CPU with >= 2 torch threads (:mod:`.lanes`); the
+#: environment variable ``PGSL_TWO_LANES`` (``0`` or ``1``) overrides it.
+TWO_LANES = True
+LANES_ENV = "PGSL_TWO_LANES"
+
+
+def two_lanes_enabled() -> bool:
+    """:data:`TWO_LANES`, unless ``PGSL_TWO_LANES`` is set (``0``: one after another, ``1``: lanes)."""
+    value = os.environ.get(LANES_ENV)
+    if value is None:
+        return TWO_LANES
+    if value not in ("0", "1"):
+        raise ConfigError(f"environment variable {LANES_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 @dataclass(frozen=True)
@@ -93,27 +110,39 @@ def build_pgsl_net(cfg: RunConfig, num_classes: int) -> PGSLNet:
 class PGSLServerModel(ServerModel):
     """Same interface as :class:`pgsl_flower.strategy.ServerModel`, with PGSL's three streams."""
 
-    def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device) -> None:
+    def __init__(self, cfg: RunConfig, num_classes: int, device: torch.device, two_lanes: bool | None = None) -> None:
+        """``two_lanes=False`` always runs the towers one after another; ``None`` takes
+        :func:`two_lanes_enabled` (benchmarks compare the two)."""
         self.device = device
+        self.two_lanes = two_lanes_enabled() if two_lanes is None else two_lanes
         self.cfg = cfg
         self.settings = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol)
         self.model = build_pgsl_net(cfg, num_classes).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.lanes = TwoLaneStep(self.model.fusion, self.model.towers, STREAMS)
         self.steps_taken = 0
         self.class_weights = None
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Train all three towers on their own losses; return the fused stream's dL/dh.
 
+        On a CPU with two or more torch threads the towers run in two lanes
+        (:class:`.lanes.TwoLaneStep`: same maths, same RNG stream), else one after another.
+
         Returns (dL_f/dh, fused loss sum, fused predictions), like the plain server step.
         """
         self.model.train()
-        h = smashed.to(self.device).requires_grad_(True)
+        h = smashed.to(self.device).detach().requires_grad_(True)  # a fresh leaf: a tensor stepped on twice does not sum its gradients
         y = labels.to(self.device)
-        logits = self.model(h, recover(h.detach(), self.settings))
-        losses = {name: self.loss(out, y) for name, out in logits.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        if self.two_lanes and self.device.type == "cpu" and torch.get_num_threads() >= 2:
+            streams = self.lanes(h, y, lambda x: recover(x, self.settings), self.loss)
+            logits = {name: out for name, (out, _) in streams.items()}
+            losses = {name: value for name, (_, value) in streams.items()}
+        else:
+            logits = self.model(h, recover(h.detach(), self.settings))
+            losses = {name: self.loss(out, y) for name, out in logits.items()}
+            sum(losses.values()).backward()
         decayed_step(self.optimizer, self.cfg.lr, self.cfg.lr_decay, self.steps_taken)
         self.steps_taken += 1
         return h.grad.detach().cpu(), losses["fused"].item() * len(y), logits["fused"].argmax(1).cpu()
