@@ -47,6 +47,10 @@ def preflight(cfg: RunConfig, num_clients: int) -> None:
     from pgsl_flower.server_app import load_resume_checkpoint
 
     load_resume_checkpoint(cfg)  # 'resume-from': readable, same configuration, rounds left
+    if cfg.defense == "pgsl":
+        from pgsl_flower.pgsl.server_model import two_lanes_enabled
+
+        two_lanes_enabled()  # a bad PGSL_TWO_LANES is refused here, not in the ServerApp
 
 
 def simulate(

@@ -8,6 +8,7 @@ import torch
 from pgsl_flower.config import ConfigError, RunConfig
 from pgsl_flower.pgsl.lanes import dropouts, lane_threads
 from pgsl_flower.pgsl.server_model import LANES_ENV, PGSLServerModel, two_lanes_enabled
+from pgsl_flower.simulation import preflight
 
 
 def _server() -> PGSLServerModel:
@@ -108,3 +109,5 @@ def test_the_environment_switches_the_lanes_and_a_bad_value_is_refused(monkeypat
     monkeypatch.setenv(LANES_ENV, "yes")
     with pytest.raises(ConfigError, match="PGSL_TWO_LANES must be 0 or 1, got 'yes'"):
         _server()
+    with pytest.raises(ConfigError, match="PGSL_TWO_LANES"):  # before Ray starts
+        preflight(RunConfig(defense="pgsl", samples_per_client=50), 2)

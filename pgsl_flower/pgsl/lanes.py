@@ -2,10 +2,9 @@
 
 Given ``h`` and the recovered ``f_v`` the three towers (Section IV-D) are independent:
 the attacked tower reads ``h`` detached, the recovered tower ``f_v``, and only the
-fused tower (via the fusion, eq. 8) sends a gradient back to ``h``. At split
-learning's batch sizes one tower's convolutions scale poorly across threads, so
-instead of running the towers one after another on every thread, the step runs two
-lanes side by side, each on half the threads:
+fused tower (via the fusion, eq. 8) sends a gradient back to ``h``. So instead of
+running the towers one after another on every thread, the step runs two lanes side
+by side, each on half the threads:
 
 - this thread: the proximal recovery (eqs. 2-6), the fusion, the fused tower;
 - a worker thread: the attacked tower, then (once ``f_v`` exists) the recovered tower.
@@ -20,6 +19,11 @@ start, in the sequential step's order (towers in :data:`STREAMS` order, each in
 forward order), and the towers' dropouts apply them: the run's random stream is the
 sequential step's. With one thread per lane the step is bit-identical to the
 sequential step on one thread (``tests/test_pgsl_lanes.py``).
+
+What it buys (README, Benchmarks): in the simulation, where the ClientApp actors
+share the cores with the server, the PGSL round took 0.84x the time of the
+sequential step's; in a process alone on the machine the lanes are 1.02-1.18x
+slower. ``PGSL_TWO_LANES=0`` turns them off.
 """
 
 from __future__ import annotations
