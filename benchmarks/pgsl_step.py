@@ -21,7 +21,7 @@
    (10 clients, MNIST, 2,000 samples per client, batch 64), with the PGSL preset
    (``strategies/pgsl.toml``) and without it (SplitFed, no defense), R rounds each, plus
    PGSL with its towers one after another instead of in two lanes
-   (``server_model.TWO_LANES = False``), the three simulations alternating ``--pairs``
+   (``PGSL_TWO_LANES=0``), the three simulations alternating ``--pairs``
    times; per-round seconds from metrics.csv
    (``round_seconds``: training, evaluation, BatchNorm recalibration). The first round
    of each run is dropped when R > 1 (start-up). Prints the medians and their ratio.
@@ -162,7 +162,7 @@ def round_ratio(rounds: int, pairs: int, clients: int) -> dict[str, object]:
     from pgsl_flower.config import parse_run_config
     from pgsl_flower.simulation import simulate
 
-    from pgsl_flower.pgsl import server_model
+    from pgsl_flower.pgsl.server_model import LANES_ENV
 
     preset = _read_preset(ROOT / "strategies" / "pgsl.toml")
     configs = {  # name: (run-config, PGSL's towers in two lanes)
@@ -175,11 +175,15 @@ def round_ratio(rounds: int, pairs: int, clients: int) -> dict[str, object]:
         for pair in range(pairs):
             for name, (cfg, two_lanes) in configs.items():
                 run_dir = Path(tmp) / f"{name}-{pair}"
-                default, server_model.TWO_LANES = server_model.TWO_LANES, two_lanes  # the ServerApp runs here
+                default = os.environ.get(LANES_ENV)
+                os.environ[LANES_ENV] = "1" if two_lanes else "0"  # read by the ServerApp, in this process
                 try:
                     simulate(cfg, clients, run_dir=run_dir)
                 finally:
-                    server_model.TWO_LANES = default
+                    if default is None:
+                        os.environ.pop(LANES_ENV)
+                    else:
+                        os.environ[LANES_ENV] = default
                 seconds[name] += _round_seconds(run_dir, drop_first=rounds > 1)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {

@@ -15,7 +15,7 @@ gradients are those of the sum of the three losses.
 
 Dropout draws its masks from the global RNG, which two lanes would draw from in an
 order that depends on thread timing. So the masks are drawn here, before the lanes
-start, in the sequential step's order (towers in :data:`STREAMS` order, each in
+start, in the sequential step's order (towers in ``STREAMS`` order, each in
 forward order), and the towers' dropouts apply them: the run's random stream is the
 sequential step's. With one thread per lane the step is bit-identical to the
 sequential step on one thread (``tests/test_pgsl_lanes.py``).
@@ -65,11 +65,11 @@ def dropouts(module: nn.Module) -> list[nn.Dropout]:
     return [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
 
 
-def dropout_input_shapes(tower: nn.Module, x: torch.Tensor) -> list[torch.Size]:
-    """Shapes reaching each of the tower's dropouts for input ``x``: a no-grad forward in eval
-    mode (no RNG drawn, no BatchNorm statistic updated); the tower's mode is restored."""
+def dropout_input_shapes(tower: nn.Module, modules: Sequence[nn.Dropout], x: torch.Tensor) -> list[torch.Size]:
+    """Shapes reaching each of the tower's dropouts ``modules`` for input ``x``: a no-grad forward in
+    eval mode (no RNG drawn, no BatchNorm statistic updated); the tower's mode is restored."""
     shapes: list[torch.Size] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape)) for m in dropouts(tower)]
+    hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape)) for m in modules]
     was_training = tower.training
     try:
         tower.eval()
@@ -82,19 +82,16 @@ def dropout_input_shapes(tower: nn.Module, x: torch.Tensor) -> list[torch.Size]:
     return shapes
 
 
-def draw_masks(tower: nn.Module, shapes: Sequence[torch.Size], device: torch.device) -> list[torch.Tensor]:
-    """Scaled masks ``bernoulli(1 - p) / (1 - p)``, drawn as the tower's dropouts would draw them
-    (same kernel, shape and RNG consumption), in forward order."""
-    return [
-        F.dropout(torch.ones(shape, device=device), m.p, training=True) for m, shape in zip(dropouts(tower), shapes)
-    ]
+def draw_masks(modules: Sequence[nn.Dropout], shapes: Sequence[torch.Size], device: torch.device) -> list[torch.Tensor]:
+    """Scaled masks ``bernoulli(1 - p) / (1 - p)``, drawn as the dropouts ``modules`` would draw them
+    (same kernel, shape and RNG consumption), in their order."""
+    return [F.dropout(torch.ones(shape, device=device), m.p, training=True) for m, shape in zip(modules, shapes)]
 
 
 @contextmanager
-def preset_dropout(tower: nn.Module, masks: Sequence[torch.Tensor]) -> Iterator[None]:
-    """The tower's dropouts multiply by ``masks`` (in order) instead of drawing: ``x * mask`` is
+def preset_dropout(modules: Sequence[nn.Dropout], masks: Sequence[torch.Tensor]) -> Iterator[None]:
+    """The dropouts ``modules`` multiply by ``masks`` (in order) instead of drawing: ``x * mask`` is
     what dropout computes from its own draw."""
-    modules = dropouts(tower)
     if len(modules) != len(masks):
         raise ValueError(f"{len(masks)} masks for {len(modules)} dropouts")
     for module, mask in zip(modules, masks):
@@ -110,26 +107,28 @@ class TwoLaneStep:
     """Forward and backward of the fusion and the three towers in two lanes; the caller zeroes
     the gradients before and steps the optimizer after."""
 
-    def __init__(self, fusion: nn.Module, towers: Mapping[str, nn.Module], order: Sequence[str]) -> None:
+    def __init__(self, fusion: nn.Module, towers: Mapping[str, nn.Module]) -> None:
+        """``towers`` in the sequential step's order (:data:`STREAMS`), which the RNG draws follow."""
         self.fusion = fusion
         self.towers = towers
-        self.order = tuple(order)  # the sequential step's tower order, for the RNG
+        self._dropouts = {name: dropouts(tower) for name, tower in towers.items()}
         self._shapes: dict[tuple[str, torch.Size], list[torch.Size]] = {}
 
     def _masks(self, h: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         masks = {}
-        for name in self.order:
+        for name, modules in self._dropouts.items():
             key = (name, h.shape)  # the towers' inputs (h, f_v, the fusion's output) share h's shape
             if key not in self._shapes:
-                self._shapes[key] = dropout_input_shapes(self.towers[name], h.detach())
-            masks[name] = draw_masks(self.towers[name], self._shapes[key], h.device)
+                self._shapes[key] = dropout_input_shapes(self.towers[name], modules, h.detach())
+            masks[name] = draw_masks(modules, self._shapes[key], h.device)
         return masks
 
     def __call__(
         self, h: torch.Tensor, labels: torch.Tensor, recover: Callable[[torch.Tensor], torch.Tensor], loss: Loss
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(logits, loss) per stream; ``h`` requires grad and receives the fused stream's dL/dh."""
-        main_threads, worker_threads = lane_threads(torch.get_num_threads())
+        previous = torch.get_num_threads()
+        main_threads, worker_threads = lane_threads(previous)
         masks = self._masks(h)
         recovered_ready = threading.Event()
         shared: dict[str, torch.Tensor] = {}
@@ -148,10 +147,9 @@ class TwoLaneStep:
                 run_tower("recovered", shared["recovered"])
 
         with ExitStack() as presets:
-            for name in self.order:
-                presets.enter_context(preset_dropout(self.towers[name], masks[name]))
+            for name, modules in self._dropouts.items():
+                presets.enter_context(preset_dropout(modules, masks[name]))
             worker = worker_pool(worker_threads).submit(worker_lane)
-            previous = torch.get_num_threads()
             torch.set_num_threads(main_threads)
             try:
                 f_v = recover(h.detach())

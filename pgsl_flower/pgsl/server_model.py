@@ -42,17 +42,14 @@ from pgsl_flower.pgsl.proximal import robust_pca
 
 STREAMS = ("recovered", "fused", "attacked")
 
-#: Run the towers in two lanes on a CPU with >= 2 torch threads (:mod:`.lanes`); the
-#: environment variable ``PGSL_TWO_LANES`` (``0`` or ``1``) overrides it.
-TWO_LANES = True
+#: ``0`` runs the towers one after another; unset or ``1``, in two lanes on a CPU with
+#: >= 2 torch threads (:mod:`.lanes`).
 LANES_ENV = "PGSL_TWO_LANES"
 
 
 def two_lanes_enabled() -> bool:
-    """:data:`TWO_LANES`, unless ``PGSL_TWO_LANES`` is set (``0``: one after another, ``1``: lanes)."""
-    value = os.environ.get(LANES_ENV)
-    if value is None:
-        return TWO_LANES
+    """Whether ``PGSL_TWO_LANES`` allows the lanes (unset: yes); a value other than 0 / 1 is refused."""
+    value = os.environ.get(LANES_ENV, "1")
     if value not in ("0", "1"):
         raise ConfigError(f"environment variable {LANES_ENV} must be 0 or 1, got {value!r}")
     return value == "1"
@@ -119,7 +116,7 @@ class PGSLServerModel(ServerModel):
         self.settings = ProximalSettings(cfg.pgsl_mu, cfg.pgsl_lambda or None, cfg.pgsl_max_iter, cfg.pgsl_tol)
         self.model = build_pgsl_net(cfg, num_classes).to(device)
         self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.lanes = TwoLaneStep(self.model.fusion, self.model.towers, STREAMS)
+        self.lanes = TwoLaneStep(self.model.fusion, self.model.towers)
         self.steps_taken = 0
         self.class_weights = None
 
