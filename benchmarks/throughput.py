@@ -17,23 +17,43 @@ process) at that many torch threads; the centralized side keeps torch's default.
     python benchmarks/throughput.py                 # N=10, MNIST, 3 rounds
     python benchmarks/throughput.py --clients 10 --samples-per-client 2000
     python benchmarks/throughput.py --server-threads 0 1    # server at torch's default, then at 1 thread
+    python benchmarks/throughput.py --client-priority normal idle   # ClientApps at normal, then idle priority
+    python benchmarks/throughput.py --probe         # also: where the server's time goes in the federated run
+    python benchmarks/throughput.py --ceilings      # also: the ratios the parts' own speeds allow
+
+``--probe`` times every server step of the federated run (wall clock, the calling
+thread's CPU, and its context switches from ``/proc/thread-self/schedstat``) and
+the time the server spends waiting for clients' replies, and prints their medians
+and sums over the rounds after the first.
+
+``--ceilings`` times, in this process and alone on the machine, one training step of
+the unsplit network (centralized), the server part's step and the client part's
+step (forward, then backward of the server's dL/dh), each at 1 thread and at torch's
+default, on one batch of the same data, and prints two ceilings of the ratio that
+follow from them: the server at 1 thread with the clients on the other cores
+(centralized step / server step at 1 thread), and every part at the default threads
+one after another with no overhead at all (centralized step / (server + client step)).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from pgsl_flower import strategy, transport
 from pgsl_flower.config import RunConfig
+from pgsl_flower.cpu_scheduling import CLIENT_PRIORITIES
 from pgsl_flower.local_data import local_data
 from pgsl_flower.model import SplitNet, make_optimizer, prepare_input
 from pgsl_flower.simulation import simulate
@@ -63,9 +83,125 @@ def centralized_windows(cfg: RunConfig, num_clients: int, windows: int) -> list[
     return rates
 
 
-def federated_rounds(cfg: RunConfig, num_clients: int, run_dir: Path) -> list[float]:
+def _context_switches() -> int | None:
+    """The calling thread's context switches so far (Linux schedstat), or None."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class ServerProbe:
+    """Times :meth:`ServerModel.step` and :meth:`Courier.wait` while active (``--probe``)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, float, int | None]] = []  # wall s, thread CPU s, context switches
+        self.waits: list[float] = []
+
+    def _timed_step(self, step: Callable) -> Callable:
+        def timed(model: strategy.ServerModel, *args: object):
+            wall, cpu, switches = time.perf_counter(), time.thread_time(), _context_switches()
+            result = step(model, *args)
+            after = _context_switches()
+            self.steps.append((time.perf_counter() - wall, time.thread_time() - cpu,
+                               None if after is None or switches is None else after - switches))
+            return result
+        return timed
+
+    def _timed_wait(self, wait: Callable) -> Callable:
+        def timed(courier: transport.Courier, *args: object):
+            start = time.perf_counter()
+            try:
+                return wait(courier, *args)
+            finally:
+                self.waits.append(time.perf_counter() - start)
+        return timed
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["ServerProbe"]:
+        step, wait = strategy.ServerModel.step, transport.Courier.wait
+        strategy.ServerModel.step = self._timed_step(step)
+        transport.Courier.wait = self._timed_wait(wait)
+        try:
+            yield self
+        finally:
+            strategy.ServerModel.step, transport.Courier.wait = step, wait
+
+    def summary(self, rounds: int) -> dict[str, float | int | None]:
+        """Medians over the steps after the first round's (the first is warm-up), waits summed per round."""
+        later = self.steps[len(self.steps) // rounds:] if rounds > 1 else self.steps
+        waits = self.waits[len(self.waits) // rounds:] if rounds > 1 else self.waits
+        switches = [s for _, _, s in later if s is not None]
+        return {
+            "step_wall_ms_median": round(1000 * statistics.median(w for w, _, _ in later), 1),
+            "step_wall_ms_mean": round(1000 * statistics.fmean(w for w, _, _ in later), 1),
+            "step_thread_cpu_ms_median": round(1000 * statistics.median(c for _, c, _ in later), 1),
+            "step_context_switches_median": statistics.median(switches) if switches else None,
+            "steps_s_per_round": round(sum(w for w, _, _ in later) / max(rounds - 1, 1), 2),
+            "reply_wait_s_per_round": round(sum(waits) / max(rounds - 1, 1), 2),
+        }
+
+
+def _median_ms(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def step_ceilings(cfg: RunConfig, num_clients: int, default_threads: int) -> dict[str, float]:
+    """ms per training step of the whole network, the server part and the client part
+    (``--ceilings``), at 1 thread and at ``default_threads``, and the ratio ceilings."""
+    data = local_data(cfg, 0, num_clients)
+    x = prepare_input(data.train_images[: cfg.batch_size].float().div_(255.0))
+    y = data.train_labels[: cfg.batch_size]
+    torch.manual_seed(cfg.seed)
+    net = SplitNet(data.train_images.shape[1], data.num_classes)
+    net.train()
+    full_opt, server_opt, client_opt = (make_optimizer(m, cfg.lr, cfg.weight_decay) for m in (net, net.server, net.client))
+    smashed = net.client(x).detach()
+    probe = smashed.clone().requires_grad_(True)
+    F.cross_entropy(net.server(probe), y).backward()
+    grad = probe.grad.detach()
+
+    def full() -> None:
+        full_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        full_opt.step()
+
+    def server() -> None:
+        h = smashed.clone().requires_grad_(True)
+        server_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net.server(h), y).backward()
+        server_opt.step()
+
+    def client() -> None:
+        client_opt.zero_grad(set_to_none=True)
+        net.client(x).backward(grad)
+        client_opt.step()
+
+    ms: dict[str, float] = {}
+    try:
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            for name, fn in (("centralized", full), ("server", server), ("client", client)):
+                ms[f"{name}_step_ms_{threads}t"] = round(_median_ms(fn), 1)
+    finally:
+        torch.set_num_threads(default_threads)
+    d = default_threads
+    ms["ceiling_server_1_thread"] = round(ms[f"centralized_step_ms_{d}t"] / ms["server_step_ms_1t"], 3)
+    ms["ceiling_serial_no_overhead"] = round(
+        ms[f"centralized_step_ms_{d}t"] / (ms[f"server_step_ms_{d}t"] + ms[f"client_step_ms_{d}t"]), 3)
+    return ms
+
+
+def federated_rounds(cfg: RunConfig, num_clients: int, run_dir: Path, client_priority: str = "normal") -> list[float]:
     """samples/s of the training phase of each round of a real simulation."""
-    simulate(cfg, num_clients, run_dir=run_dir)
+    simulate(cfg, num_clients, run_dir=run_dir, client_priority=client_priority)
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     return [int(r["samples"]) / float(r["train_seconds"]) for r in rows]
@@ -82,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-threads", type=int, nargs="+", default=[0], metavar="N",
                         help="torch threads of the federated run's server (the simulation's driver process; "
                              "0: torch's default); several values run one federated run each, side by side")
+    parser.add_argument("--client-priority", nargs="+", default=["normal"], choices=CLIENT_PRIORITIES,
+                        help="simulate(client_priority=...) of the federated run; several values run one "
+                             "federated run each (for each --server-threads value)")
+    parser.add_argument("--ceilings", action="store_true",
+                        help="also time the parts' steps alone and print the ratios they allow")
+    parser.add_argument("--probe", action="store_true",
+                        help="also time the server's steps and its waits for replies in each federated run")
     args = parser.parse_args(argv)
+    if args.probe and args.rounds < 2:
+        parser.error("--probe needs --rounds >= 2 (the first round is left out as warm-up)")
     if any(n < 0 for n in args.server_threads):
         parser.error(f"--server-threads {args.server_threads}: 0 (torch's default) or a positive count")
 
@@ -98,12 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     default_threads = torch.get_num_threads()
     half = max(args.rounds // 2, 1)
     central = centralized_windows(cfg, args.clients, half)
-    federated: dict[int, list[float]] = {}
-    for threads in args.server_threads:
+    federated: dict[tuple[int, str], list[float]] = {}
+    probes: dict[tuple[int, str], ServerProbe] = {}
+    for setting in [(t, p) for t in args.server_threads for p in args.client_priority]:
+        threads, priority = setting
         torch.set_num_threads(threads or default_threads)
+        probe = probes[setting] = ServerProbe()
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                federated[threads] = federated_rounds(cfg, args.clients, Path(tmp) / "run")
+            with tempfile.TemporaryDirectory() as tmp, (probe.active() if args.probe else contextlib.nullcontext()):
+                federated[setting] = federated_rounds(cfg, args.clients, Path(tmp) / "run", priority)
         finally:
             torch.set_num_threads(default_threads)
     central += centralized_windows(cfg, args.clients, args.rounds - half)
@@ -119,21 +267,37 @@ def main(argv: list[str] | None = None) -> int:
         "centralized_median": round(central_median, 1),
         "federated": [],
     }
-    for threads, rates in federated.items():
+    for (threads, priority), rates in federated.items():
         fed_median = statistics.median(rates)
-        result["federated"].append({
+        entry = {
             "server_threads": threads or default_threads,
+            "client_priority": priority,
             "samples_per_s": [round(r, 1) for r in rates],
             "median": round(fed_median, 1),
             "ratio_federated_over_centralized": round(fed_median / central_median, 3),
-        })
-        print(f"federated   ({args.schedule}, N={args.clients}, server threads {threads or default_threads}): "
+        }
+        if args.probe:
+            entry["probe"] = probes[threads, priority].summary(args.rounds)
+        result["federated"].append(entry)
+        print(f"federated   ({args.schedule}, N={args.clients}, server threads {threads or default_threads}, "
+              f"client priority {priority}): "
               f"median {fed_median:8.1f} samples/s  {[round(r, 1) for r in rates]}")
+        if args.probe:
+            print(f"  server probe (rounds 2-{args.rounds}): {entry['probe']}")
     print(f"centralized (1 process, {default_threads} threads):  median {central_median:8.1f} samples/s  "
           f"{result['centralized_samples_per_s']}")
     for entry in result["federated"]:
-        print(f"ratio federated (server threads {entry['server_threads']}) / centralized: "
+        print(f"ratio federated (server threads {entry['server_threads']}, client priority "
+              f"{entry['client_priority']}) / centralized: "
               f"{entry['ratio_federated_over_centralized']:.3f}")
+    if args.ceilings:
+        result["ceilings"] = step_ceilings(cfg, args.clients, default_threads)
+        print(f"steps alone (ms, batch {cfg.batch_size}): " + ", ".join(
+            f"{k.removesuffix('_ms_1t').removesuffix(f'_ms_{default_threads}t')} "
+            f"{'1' if k.endswith('_1t') else default_threads}t {v}"
+            for k, v in result["ceilings"].items() if k.endswith("t")))
+        print(f"ceiling, server at 1 thread beside the clients: {result['ceilings']['ceiling_server_1_thread']:.3f}; "
+              f"ceiling, all parts one after another, no overhead: {result['ceilings']['ceiling_serial_no_overhead']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

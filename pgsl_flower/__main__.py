@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--client-gpus", type=float, default=0.0)
     parser.add_argument(
+        "--client-priority",
+        choices=("normal", "idle"),
+        default="normal",
+        help="'idle': the ClientApps compute only when the server waits (Linux SCHED_IDLE); "
+        "for a machine the simulation has to itself",
+    )
+    parser.add_argument(
         "--ray-address",
         default=None,
         help="run the ClientApps on an existing Ray cluster: 'auto' or the head's HOST:PORT "
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             client_cpus=args.client_cpus,
             client_gpus=args.client_gpus,
             ray_address=args.ray_address,
+            client_priority=args.client_priority,
         )
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

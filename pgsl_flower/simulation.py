@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgsl_flower.config import ConfigError, RunConfig, parse_run_config
+from pgsl_flower.cpu_scheduling import check_client_priority, idle_priority_mod
 from pgsl_flower.local_data import local_data
 from pgsl_flower.ray_cluster import attach, check_ray_address, detach, quiet_known_warnings, ray_init_args
 
@@ -63,6 +64,7 @@ def simulate(
     verbose: bool = False,
     client_app: ClientApp | None = None,
     ray_address: str | None = None,
+    client_priority: str = "normal",
 ) -> dict[str, Any]:
     """Run one federated split-learning simulation; returns ``summary.json``'s content.
 
@@ -71,7 +73,9 @@ def simulate(
     (e.g. one that misbehaves, to exercise failure handling). ``ray_address``
     (``"auto"`` or ``HOST:PORT``) runs the ClientApps on an existing Ray cluster
     instead of a private local Ray instance; every node needs this environment and
-    the data at the same path.
+    the data at the same path. ``client_priority="idle"`` runs the standard ClientApp's
+    threads at Linux's ``SCHED_IDLE`` priority, for a machine the simulation has to
+    itself (:mod:`pgsl_flower.cpu_scheduling`).
     """
     from flwr.simulation import run_simulation
 
@@ -79,6 +83,9 @@ def simulate(
     from pgsl_flower.server_app import build_server_app, new_run_dir, resume_run_dir
 
     cfg = config if isinstance(config, RunConfig) else parse_run_config(config or {})
+    check_client_priority(client_priority)
+    if client_app is not None and client_priority != "normal":
+        raise ConfigError("client_priority applies to the standard ClientApp; add idle_priority_mod to your own")
     if ray_address is not None:
         check_ray_address(ray_address)
     preflight(cfg, num_clients)
@@ -88,13 +95,14 @@ def simulate(
     )
     summary_path = target / "summary.json"
     summary_path.unlink(missing_ok=True)  # a reused folder's old summary must not pass for this run's
+    mods = [idle_priority_mod] if client_priority == "idle" else []
     with quiet_known_warnings():
         if ray_address is not None:
             attach(ray_address)
         try:
             run_simulation(
                 server_app=build_server_app(cfg, target),
-                client_app=client_app or build_client_app(cfg),
+                client_app=client_app or build_client_app(cfg, mods=mods),
                 num_supernodes=num_clients,
                 backend_config={
                     "client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus},

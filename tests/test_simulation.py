@@ -154,3 +154,42 @@ def test_pgsl_simulation_trains_all_three_streams(tmp_path, monkeypatch):
     assert streams["fused"] > 0.8, streams
     assert 0.0 <= float(final["test_accuracy"]) <= 1.0
     assert list((tmp_path / "cache" / "attacks").glob("*.pt"))  # attacks cached by content
+
+
+def test_bad_client_priority_fails_before_ray_starts(tmp_path):
+    import ray
+
+    from pgsl_flower.client_app import build_client_app
+
+    with pytest.raises(ConfigError, match="client-priority must be one of"):
+        simulate({}, num_clients=2, run_dir=tmp_path, client_priority="low")
+    with pytest.raises(ConfigError, match="standard ClientApp"):
+        simulate({}, num_clients=2, run_dir=tmp_path, client_app=build_client_app(), client_priority="idle")
+    assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_idle_priority_clients_run_at_sched_idle_and_change_no_result(tmp_path):
+    """The mod really reaches the Ray actors' threads, and the run's numbers are those of
+    the run at normal priority (scheduling changes no arithmetic)."""
+    from pgsl_flower.client_app import build_client_app
+    from pgsl_flower.config import parse_run_config
+    from pgsl_flower.cpu_scheduling import idle_priority_mod
+
+    cfg = parse_run_config({**SMALL, "num-rounds": 1, "samples-per-client": 200, "test-samples": 200, "seed": 3})
+    policies = tmp_path / "policies.txt"
+
+    def record_policy(message, context, call_next):
+        with policies.open("a") as handle:
+            handle.write(f"{os.sched_getscheduler(0)}\n")
+        return call_next(message, context)
+
+    normal = simulate(cfg, num_clients=2, run_dir=tmp_path / "normal")
+    idle = simulate(cfg, num_clients=2, run_dir=tmp_path / "idle",
+                    client_app=build_client_app(cfg, mods=[idle_priority_mod, record_policy]))
+    seen = policies.read_text().split()
+    assert len(seen) > 10 and set(seen) == {str(os.SCHED_IDLE)}
+    assert _rows(tmp_path / "idle") and [
+        {k: r[k] for k in ("test_accuracy", "test_loss", "train_loss", "samples")} for r in _rows(tmp_path / "idle")
+    ] == [{k: r[k] for k in ("test_accuracy", "test_loss", "train_loss", "samples")} for r in _rows(tmp_path / "normal")]
+    assert idle["final_test_accuracy"] == normal["final_test_accuracy"]
