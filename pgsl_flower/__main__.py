@@ -12,6 +12,7 @@ import sys
 
 from pgsl_flower.checkpoint import CheckpointError
 from pgsl_flower.config import ConfigError
+from pgsl_flower.cpu_scheduling import CLIENT_PRIORITIES
 from pgsl_flower.data import DataError
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-gpus", type=float, default=0.0)
     parser.add_argument(
         "--client-priority",
-        choices=("normal", "idle"),
+        choices=CLIENT_PRIORITIES,
         default="normal",
         help="'idle': the ClientApps compute only when the server waits (Linux SCHED_IDLE); "
         "for a machine the simulation has to itself",
