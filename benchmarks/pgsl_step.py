@@ -43,22 +43,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
+
+from timing import median_seconds  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocator, kernels)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats) * 1e3
 
 
 def measure_step(repeats: int, parts: bool) -> dict[str, float]:

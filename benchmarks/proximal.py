@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,16 +28,7 @@ from pgsl_flower.local_data import local_data
 from pgsl_flower.model import ClientNet
 from pgsl_flower.pgsl.proximal import default_lambda, robust_pca
 from pgsl_flower.pgsl.server_model import PGSLServerModel, recover
-
-
-def _median_seconds(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds  # benchmarks/timing.py, beside this script
 
 
 def share_of_server_step(cfg: RunConfig, repeats: int) -> dict[str, float]:
@@ -49,8 +39,8 @@ def share_of_server_step(cfg: RunConfig, repeats: int) -> dict[str, float]:
         smashed = ClientNet(1).train()(data.inputs(indices))
     labels = data.labels(indices)
     server = PGSLServerModel(cfg, data.num_classes, torch.device("cpu"))
-    proximal = _median_seconds(lambda: recover(smashed, server.settings), repeats)
-    step = _median_seconds(lambda: server.step(smashed, labels), repeats)
+    proximal = median_seconds(lambda: recover(smashed, server.settings), repeats)
+    step = median_seconds(lambda: server.step(smashed, labels), repeats)
     return {"proximal_ms": proximal * 1e3, "server_step_ms": step * 1e3, "share": proximal / step}
 
 

@@ -57,6 +57,7 @@ from pgsl_flower.cpu_scheduling import CLIENT_PRIORITIES
 from pgsl_flower.local_data import local_data
 from pgsl_flower.model import SplitNet, make_optimizer, prepare_input
 from pgsl_flower.simulation import simulate
+from timing import median_seconds  # benchmarks/timing.py, beside this script
 
 
 def centralized_windows(cfg: RunConfig, num_clients: int, windows: int) -> list[float]:
@@ -129,31 +130,20 @@ class ServerProbe:
 
     def summary(self, rounds: int) -> dict[str, float | int | None]:
         """Medians over the steps after the first round's (the first is warm-up), waits summed per round."""
-        later = self.steps[len(self.steps) // rounds:] if rounds > 1 else self.steps
-        waits = self.waits[len(self.waits) // rounds:] if rounds > 1 else self.waits
+        later = self.steps[len(self.steps) // rounds:]  # rounds >= 2 (checked by main)
+        waits = self.waits[len(self.waits) // rounds:]
         switches = [s for _, _, s in later if s is not None]
         return {
             "step_wall_ms_median": round(1000 * statistics.median(w for w, _, _ in later), 1),
             "step_wall_ms_mean": round(1000 * statistics.fmean(w for w, _, _ in later), 1),
             "step_thread_cpu_ms_median": round(1000 * statistics.median(c for _, c, _ in later), 1),
             "step_context_switches_median": statistics.median(switches) if switches else None,
-            "steps_s_per_round": round(sum(w for w, _, _ in later) / max(rounds - 1, 1), 2),
-            "reply_wait_s_per_round": round(sum(waits) / max(rounds - 1, 1), 2),
+            "steps_s_per_round": round(sum(w for w, _, _ in later) / (rounds - 1), 2),
+            "reply_wait_s_per_round": round(sum(waits) / (rounds - 1), 2),
         }
 
 
-def _median_ms(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def step_ceilings(cfg: RunConfig, num_clients: int, default_threads: int) -> dict[str, float]:
+def step_ceilings(cfg: RunConfig, num_clients: int, default_threads: int) -> dict[str, object]:
     """ms per training step of the whole network, the server part and the client part
     (``--ceilings``), at 1 thread and at ``default_threads``, and the ratio ceilings."""
     data = local_data(cfg, 0, num_clients)
@@ -184,19 +174,20 @@ def step_ceilings(cfg: RunConfig, num_clients: int, default_threads: int) -> dic
         net.client(x).backward(grad)
         client_opt.step()
 
-    ms: dict[str, float] = {}
+    steps_ms: dict[int, dict[str, float]] = {}  # torch threads -> part -> ms
     try:
         for threads in sorted({1, default_threads}):
             torch.set_num_threads(threads)
-            for name, fn in (("centralized", full), ("server", server), ("client", client)):
-                ms[f"{name}_step_ms_{threads}t"] = round(_median_ms(fn), 1)
+            steps_ms[threads] = {name: round(1000 * median_seconds(fn, repeats=30, warmup=5), 1)
+                                 for name, fn in (("centralized", full), ("server", server), ("client", client))}
     finally:
         torch.set_num_threads(default_threads)
-    d = default_threads
-    ms["ceiling_server_1_thread"] = round(ms[f"centralized_step_ms_{d}t"] / ms["server_step_ms_1t"], 3)
-    ms["ceiling_serial_no_overhead"] = round(
-        ms[f"centralized_step_ms_{d}t"] / (ms[f"server_step_ms_{d}t"] + ms[f"client_step_ms_{d}t"]), 3)
-    return ms
+    alone = steps_ms[default_threads]
+    return {
+        "steps_ms": steps_ms,
+        "ceiling_server_1_thread": round(alone["centralized"] / steps_ms[1]["server"], 3),
+        "ceiling_serial_no_overhead": round(alone["centralized"] / (alone["server"] + alone["client"]), 3),
+    }
 
 
 def federated_rounds(cfg: RunConfig, num_clients: int, run_dir: Path, client_priority: str = "normal") -> list[float]:
@@ -291,13 +282,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{entry['client_priority']}) / centralized: "
               f"{entry['ratio_federated_over_centralized']:.3f}")
     if args.ceilings:
-        result["ceilings"] = step_ceilings(cfg, args.clients, default_threads)
-        print(f"steps alone (ms, batch {cfg.batch_size}): " + ", ".join(
-            f"{k.removesuffix('_ms_1t').removesuffix(f'_ms_{default_threads}t')} "
-            f"{'1' if k.endswith('_1t') else default_threads}t {v}"
-            for k, v in result["ceilings"].items() if k.endswith("t")))
-        print(f"ceiling, server at 1 thread beside the clients: {result['ceilings']['ceiling_server_1_thread']:.3f}; "
-              f"ceiling, all parts one after another, no overhead: {result['ceilings']['ceiling_serial_no_overhead']:.3f}")
+        ceilings = result["ceilings"] = step_ceilings(cfg, args.clients, default_threads)
+        for threads, parts in ceilings["steps_ms"].items():
+            print(f"steps alone at {threads} thread(s), ms per batch of {cfg.batch_size}: {parts}")
+        print(f"ceiling, server at 1 thread beside the clients: {ceilings['ceiling_server_1_thread']:.3f}; "
+              f"ceiling, all parts one after another, no overhead: {ceilings['ceiling_serial_no_overhead']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
