@@ -72,7 +72,7 @@ def server_checkpoint_path(resume_from: str | Path) -> Path:
 #: Run-config keys added after checkpoints existed, whose default reproduces what a checkpoint
 #: written before them did: such a checkpoint resumes at the default. Any other missing key is a
 #: difference (e.g. 'bn-recalibration': runs before it had no recalibration at all).
-PREDATED_KEYS = frozenset({"cut-layer", "adversary-role", "adversary-aux-samples"})
+PREDATED_KEYS = frozenset({"cut-layer", "adversary-role", "adversary-aux-samples", "messages-in-flight"})
 _MISSING = object()
 
 

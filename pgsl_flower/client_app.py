@@ -131,6 +131,7 @@ class SplitClient:
         # the batches sent last and awaiting dL/dh: counters pending-first .. + pending-count - 1
         self.pending_first = int(progress.get("pending-first", 0))
         self.pending_count = int(progress.get("pending-count", 0))
+        self.message = int(progress.get("message", -1))  # index of the last train.step message handled
         self.run_key = str(progress.get("run-key", ""))
         self.round = int(progress.get("round", 0))
         self.fresh = not self.run_key  # no round of this run started here yet
@@ -173,17 +174,37 @@ class SplitClient:
         """(C, H, W) of one sample's smashed data."""
         return smashed_shape(self.cfg, self.data.train_images.shape[-2:])
 
+    def check_order(self, instructions: ConfigRecord, starts: bool) -> None:
+        """Refuse a ``train.step`` message out of order: 'instructions.message' must be 0 on the
+        message that carries the weights, and one more than the last one's otherwise."""
+        if "message" not in instructions:
+            return
+        index = int(instructions["message"])  # type: ignore[arg-type]
+        expected = 0 if starts else self.message + 1
+        if index != expected:
+            raise protocol.PayloadError(
+                f"field 'instructions.message' = {index}, expected {expected}: messages arrived out of order"
+            )
+        self.message = index
+
     def apply_gradients(self, content: RecordDict) -> None:
-        """Backpropagate the server's dL/dh of the pending batches, one optimizer step each.
+        """Backpropagate the server's dL/dh of the oldest pending batches, one optimizer step each.
 
         All gradients are validated before any is applied. Batch i is recomputed at
         the *current* weights and takes the gradient the server computed on the h
         sent before any of this message's steps: with ``batches-per-message`` = k,
-        dL/dh is stale by up to k - 1 client steps (exact for k = 1).
+        dL/dh is stale by up to k - 1 client steps (exact for k = 1). With
+        ``messages-in-flight`` = d > 1 the batches of the d - 1 later messages were sent
+        before these steps too: stale by up to d * k - 1 client steps.
         """
         if self.pending_count < 1:
             raise protocol.PayloadError("records 'grad.*': no batch is awaiting a gradient")
-        counters = range(self.pending_first, self.pending_first + self.pending_count)
+        # one message in flight: every pending batch takes its gradient (decode_gradients checks the count)
+        count = protocol.gradient_count(content) if self.cfg.messages_in_flight > 1 else self.pending_count
+        if not 1 <= count <= self.pending_count:
+            raise protocol.PayloadError(
+                f"records 'grad.*': {count} gradient(s) for {self.pending_count} pending batch(es)")
+        counters = range(self.pending_first, self.pending_first + count)
         indices = [self._indices(counter) for counter in counters]
         grads = protocol.decode_gradients(
             content,
@@ -211,7 +232,10 @@ class SplitClient:
                     else:  # d/dtheta of <dL/dh, h> + extra: the server's gradient plus the local term
                         ((smashed * grad).sum() + extra).backward()
                     decayed_step(optimizer, self.cfg.lr, self.cfg.lr_decay, counter)
-        self.drop_pending()
+        if count == self.pending_count:
+            self.drop_pending()
+        else:  # later messages' batches still await theirs
+            self.pending_first, self.pending_count = self.pending_first + count, self.pending_count - count
 
     def drop_pending(self) -> None:
         """No batch awaits a gradient any more (applied, or dropped by the server)."""
@@ -253,8 +277,12 @@ class SplitClient:
             )
         self.model.train()
         records = {}
-        keep = count == 1 and self.keeps_graph
-        self.pending_first, self.pending_count, self.pending_stats_done = self.counter, count, keep
+        # one graph at a time, for the only pending batch: not with several messages in flight
+        keep = count == 1 and self.keeps_graph and self.cfg.messages_in_flight == 1
+        if self.pending_count == 0:
+            self.pending_first = self.counter
+        self.pending_count += count  # pending batches: counters pending-first .. counter - 1
+        self.pending_stats_done = keep
         self.graph = None
         for i in range(count):
             indices = self._indices(self.counter + i)
@@ -331,7 +359,7 @@ class SplitClient:
         state[_PROGRESS_KEY] = ConfigRecord({
             "batch-counter": self.counter, "pending-first": self.pending_first,
             "pending-count": self.pending_count, "pending-stats-done": self.pending_stats_done,
-            "run-key": self.run_key, "round": self.round, "live-token": self.token,
+            "run-key": self.run_key, "round": self.round, "live-token": self.token, "message": self.message,
         })
 
     def graph_bytes(self) -> int:
@@ -461,14 +489,17 @@ def build_client_app(override: RunConfig | None = None, mods: list[Mod] | None =
     @handler
     def step(client: SplitClient, message: Message) -> RecordDict:
         content = message.content
-        if protocol.CLIENT_WEIGHTS in content:
-            client.load_weights(content[protocol.CLIENT_WEIGHTS])
         instructions = protocol.require_record(content, protocol.INSTRUCTIONS, ConfigRecord)
+        starts = protocol.CLIENT_WEIGHTS in content  # a round's (or segment's, or relay's) first message
+        client.check_order(instructions, starts)
+        if starts:
+            client.load_weights(content[protocol.CLIENT_WEIGHTS])
         if "round" in instructions:
             client.start_round(instructions)
         if protocol.grad_record(0) in content:
             client.apply_gradients(content)
-        client.drop_pending()  # batches without a gradient were dropped by the server
+        if starts or client.cfg.messages_in_flight == 1:
+            client.drop_pending()  # batches without a gradient were dropped by the server
         forward = int(instructions.get("forward", 0))
         reply = RecordDict(client.forward_next(forward) if forward else {})
         if instructions.get("send-weights", False):

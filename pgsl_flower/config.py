@@ -92,6 +92,9 @@ class RunConfig:
     batches_per_round: int = 0  # 0: one pass over each client's training split
     client_sync_every: int = 0  # SplitFed: also average client parts every k steps (0: round end only)
     batches_per_message: int = 1  # k batches per exchange (deployment); dL/dh stale by <= k-1 client steps
+    #: Training messages out to one client at once (deployment): 2 hides an exchange's latency
+    #: behind the next one, at one more message of staleness (SplitTrainer._pipeline)
+    messages_in_flight: int = 1
     seed: int = 42
     device: str = "auto"
     output_dir: str = "outputs"
@@ -176,6 +179,7 @@ class RunConfig:
             ("batches-per-round", 0),
             ("client-sync-every", 0),
             ("batches-per-message", 1),
+            ("messages-in-flight", 1),
             ("min-available-clients", 1),
             ("min-train-clients", 1),
             ("max-in-flight", 0),

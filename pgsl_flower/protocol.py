@@ -6,8 +6,12 @@ Message types (Flower requires ``train|evaluate|query[.<name>]``):
 - ``train.step``   server -> client: optional ``client-weights`` (round start or
   relay), ``grad.0 .. grad.{m-1}`` (dL/dh of the m batches the client sent
   last), and the ``instructions`` (``forward``: how many next batches to send,
-  up to run-config ``batches-per-message``; ``send-weights``; at a round's
-  first message ``run-key``/``round``, and ``resume-round`` after a restart);
+  up to run-config ``batches-per-message``; ``send-weights``; ``message``: its
+  index among the node's messages of this exchange sequence, 0 for the first, which
+  carries the weights; at a round's first message ``run-key``/``round``, and
+  ``resume-round`` after a restart). With run-config ``messages-in-flight`` = d > 1
+  the m gradients are those of the client's oldest m pending batches (the reply d
+  messages back) and up to d messages are out to the client at once;
   reply: ``batch.0 .. batch.{n-1}`` (smashed data ``h`` + labels each) and
   optional ``client-weights``.
 - ``evaluate``     server -> client: ``client-weights``; reply: ``batch`` with the
@@ -197,6 +201,15 @@ def encode_gradients(
         grad_record(i): ArrayRecord({"h": wire_array(g, field=f"{grad_record(i)}.h", dtype=dtype)})
         for i, g in enumerate(grads)
     }
+
+
+def gradient_count(content: RecordDict) -> int:
+    """How many consecutive ``grad.0, grad.1, ..`` records ``content`` holds (a gap is left to
+    :func:`decode_gradients` to refuse)."""
+    count = 0
+    while grad_record(count) in content:
+        count += 1
+    return count
 
 
 def decode_gradients(

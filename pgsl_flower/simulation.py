@@ -86,6 +86,12 @@ def simulate(
     check_client_priority(client_priority)
     if client_app is not None and client_priority != "normal":
         raise ConfigError("client_priority applies to the standard ClientApp; add idle_priority_mod to your own")
+    if cfg.messages_in_flight > 1:
+        raise ConfigError(
+            f"run-config 'messages-in-flight' = {cfg.messages_in_flight}: more than 1 is for deployments. "
+            "Flower's simulation engine may run two messages for one node at once, on two actors that "
+            "would both start from the node's Context; a SuperNode handles its messages one at a time"
+        )
     if ray_address is not None:
         check_ray_address(ray_address)
     preflight(cfg, num_clients)

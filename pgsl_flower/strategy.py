@@ -333,37 +333,57 @@ class SplitTrainer:
         so clients compute in parallel with the server. The cap matters at large N:
         Flower's simulation engine scans every stored message for every node it
         polls, so its cost grows with N times the messages in flight.
-        Returns each surviving node's final reply (holding its client weights).
+
+        ``messages-in-flight`` = d > 1 (deployments) keeps d requests out to each node:
+        the gradients of a node's reply go out with the request d messages later, so
+        the node's SuperNode finds its next message waiting when it has sent a reply
+        (instead of sleeping after an empty pull) and the node computes while the
+        server steps on its previous batches. Once all of a node's batches are
+        requested, gradients wait for the node's last reply and go out with the
+        closing request. Returns each surviving node's final reply (holding its
+        client weights).
         """
         nodes = list(steps)
         weights = protocol.encode_state(self.client_weights)
         per_message = self.cfg.batches_per_message
+        depth = self.cfg.messages_in_flight
+        requested = dict.fromkeys(nodes, 0)  # batches asked for so far
+        sent = dict.fromkeys(nodes, 0)  # messages sent so far
+        expected: dict[int, deque[int]] = {node: deque() for node in nodes}  # per request out: batches asked
+        held: dict[int, list[torch.Tensor]] = {node: [] for node in nodes}  # gradients not sent yet
 
-        def request(node: int, step: int, grads: Sequence[torch.Tensor]) -> tuple[int, RecordDict]:
-            forward = min(per_message, steps[node] - step)
-            instructions: dict = {"forward": forward, "send-weights": forward == 0}
-            content = RecordDict(protocol.encode_gradients(grads, self.wire_dtype))
-            if step == 0:
+        def request(node: int) -> tuple[int, RecordDict]:
+            forward = min(per_message, steps[node] - requested[node])
+            closing = forward == 0  # every batch is requested and stepped on: ask for the weights
+            instructions: dict = {"forward": forward, "send-weights": closing, "message": sent[node]}
+            content = RecordDict(protocol.encode_gradients(held[node], self.wire_dtype))
+            if sent[node] == 0:
                 content[protocol.CLIENT_WEIGHTS] = weights
                 instructions.update(self._round_instructions(node))
             content[protocol.INSTRUCTIONS] = ConfigRecord(instructions)
-            requested[node] = forward
+            requested[node] += forward
+            sent[node] += 1
+            held[node] = []
+            expected[node].append(-1 if closing else forward)
             return node, content
 
         # Round robin: a node goes back to the end of the queue after each message.
-        requested: dict[int, int] = {}
-        pending = deque(request(node, 0, []) for node in nodes)
-        step_of = dict.fromkeys(nodes, 0)
+        pending = deque(request(node) for _ in range(depth) for node in nodes
+                        if sent[node] == 0 or requested[node] < steps[node])
         done: dict[int, Message] = {}
         for node, reply in self._replies(pending, protocol.TRAIN_STEP, group, stats):
-            if step_of[node] >= steps[node]:
+            count = expected[node].popleft()
+            if node in stats.failed:
+                continue  # an earlier message of this node failed: the rest of its replies are void
+            if count < 0:
                 done[node] = reply  # the closing reply, with the client's weights
                 continue
-            grads = self._server_steps(node, reply, requested[node], stats)
+            grads = self._server_steps(node, reply, count, stats)
             if grads is None:
                 continue
-            step_of[node] += len(grads)
-            pending.append(request(node, step_of[node], grads))
+            held[node] += grads
+            if requested[node] < steps[node] or not expected[node]:
+                pending.append(request(node))
         return done
 
     def _collect_weights(self, finals: Mapping[int, Message], stats: RoundStats) -> list[tuple[dict[str, torch.Tensor], int]]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 
 import pytest
+import ray
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 
 from pgsl_flower import protocol
 from pgsl_flower.client_app import SplitClient
-from pgsl_flower.config import RunConfig
+from pgsl_flower.config import ConfigError, RunConfig
 from pgsl_flower.model import ClientNet, ServerNet, make_optimizer
 from pgsl_flower.simulation import simulate
 
@@ -105,3 +106,59 @@ def test_simulation_with_chunked_exchange_learns_in_fewer_messages(tmp_path):
     # the same smashed data crosses the network: bytes up differ only by per-message overhead
     up1, up4 = int(rows[1][0]["bytes_up_per_client"]), int(rows[4][0]["bytes_up_per_client"])
     assert abs(up1 - up4) / up1 < 0.01
+
+
+def _server_gradients(records: dict, server: torch.nn.Module) -> list[torch.Tensor]:
+    """dL/dh of each sent batch through a fixed server part."""
+    grads = []
+    for i in range(len(records)):
+        batch = records[protocol.batch_record(i)]
+        h = torch.from_numpy(batch["h"].numpy()).requires_grad_(True)
+        labels = torch.from_numpy(batch["labels"].numpy())
+        grads.append(torch.autograd.grad(torch.nn.functional.cross_entropy(server(h), labels), [h])[0])
+    return grads
+
+
+def test_two_messages_in_flight_take_the_oldest_batches_gradients_first():
+    """messages-in-flight = 2: the client sends a second message's batches before the first's
+    gradients come back; those gradients then step on the first message's batches only, and
+    the second's stay pending -- the same weights as stepping on the first batches alone."""
+    cfg = RunConfig(samples_per_client=400, batch_size=16, seed=3, batches_per_message=2, messages_in_flight=2)
+    client, alone = _client(cfg), _client(RunConfig(samples_per_client=400, batch_size=16, seed=3,
+                                                        batches_per_message=2))
+    alone.model.load_state_dict(client.model.state_dict())
+    server = ServerNet(10).eval()
+    first = client.forward_next(2)
+    assert alone.forward_next(2).keys() == first.keys()
+    client.forward_next(2)  # the second message's batches, computed before any step
+    assert (client.pending_first, client.pending_count, client.counter) == (0, 4, 4)
+
+    grads = RecordDict(protocol.encode_gradients(_server_gradients(first, server)))
+    client.apply_gradients(grads)
+    alone.apply_gradients(grads)
+    assert (client.pending_first, client.pending_count) == (2, 2)
+    for a, b in zip(client.model.parameters(), alone.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    client.forward_next(2)
+    assert (client.pending_first, client.pending_count, client.counter) == (2, 4, 6)
+    with pytest.raises(protocol.PayloadError, match=r"5 gradient\(s\) for 4 pending batch\(es\)"):
+        client.apply_gradients(RecordDict(protocol.encode_gradients([torch.zeros(16, *SHAPE)] * 5)))
+    assert (client.pending_first, client.pending_count) == (2, 4)  # refused before any step
+
+
+def test_client_refuses_train_messages_out_of_order():
+    client = _client(RunConfig(samples_per_client=200, batch_size=16, messages_in_flight=2))
+    client.check_order(ConfigRecord({"message": 0}), starts=True)
+    client.check_order(ConfigRecord({"message": 1}), starts=False)
+    with pytest.raises(protocol.PayloadError, match=r"'instructions.message' = 3, expected 2: .*out of order"):
+        client.check_order(ConfigRecord({"message": 3}), starts=False)
+    with pytest.raises(protocol.PayloadError, match=r"'instructions.message' = 2, expected 0"):
+        client.check_order(ConfigRecord({"message": 2}), starts=True)  # the weights come with message 0
+
+
+def test_simulation_refuses_several_messages_in_flight_before_ray_starts():
+    with pytest.raises(ConfigError, match=r"'messages-in-flight' = 2: more than 1 is for deployments"):
+        simulate({"messages-in-flight": 2}, 2)
+    with pytest.raises(ConfigError, match=r"'messages-in-flight' must be >= 1, got 0"):
+        simulate({"messages-in-flight": 0}, 2)
+    assert not ray.is_initialized()
