@@ -126,3 +126,39 @@ def test_pilot_shares_the_cores_among_its_processes(tmp_path, monkeypatch):
     for bad in (0, -1, 1.5, True, "4"):
         with pytest.raises(ValueError, match=f"LocalPilot threads = {bad!r}: a positive int"):
             LocalPilot(tmp_path, sites, tmp_path, threads=bad)
+
+
+@pytest.mark.slow
+def test_pilot_with_site_workers_and_two_messages_in_flight(tmp_path):
+    """Each site runs a long-lived worker (node-config 'site-worker') that handles every
+    message its SuperNode gets, and the server keeps two training messages out to each site
+    (run-config 'messages-in-flight' = 2). Two rounds complete and learn."""
+    train, _ = load_dataset("mnist", None)
+    sites = {
+        name: write_site_folder(train, range(k * PER_SITE, (k + 1) * PER_SITE), tmp_path / "data" / name)
+        for k, name in enumerate(SITES)
+    }
+    output_dir = tmp_path / "server-outputs"
+    with LocalPilot(tmp_path / "pilot", sites, copy_app(ROOT, tmp_path / "app"),
+                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, site_workers=True) as pilot:
+        pilot.start()
+        result = pilot.run({
+            "num-rounds": 2, "batch-size": 32, "samples-per-client": 0, "local-eval-samples": 16,
+            "test-samples": 500, "batches-per-message": 2, "messages-in-flight": 2, "min-available-clients": 3,
+            "reply-timeout": 240.0, "output-dir": str(output_dir),
+        })
+        worker_logs = {site: pilot.log_text(f"worker-{site}") for site in SITES}
+    assert result.status == "finished:completed", f"{result.status}: {result.details}\n{result.log[-4000:]}"
+    (run_dir,) = output_dir.iterdir()
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["clients"], r["failed_clients"]) for r in rows] == [("3", "0"), ("3", "0")]
+    # 4 batches a round: two messages of 2 sent at once, then both messages' gradients with the
+    # request for the weights; then BatchNorm recalibration (two layers' moments, the smashed data)
+    assert int(rows[0]["samples"]) == 3 * 4 * 32 and int(rows[0]["messages_per_client"]) == 3 + 2 + 1
+    assert float(rows[-1]["train_accuracy"]) > 0.3  # chance is 0.1
+    for site, log in worker_logs.items():
+        # every message of the run went through the site's worker, none failed there
+        assert log.count("train.step for node") == 2 * 3, f"{site}:\n{log[-3000:]}"
+        assert log.count("query.info for node") == 1 and log.count("evaluate for node") == 2, log[-3000:]
+        assert ": error in" not in log, log[-3000:]

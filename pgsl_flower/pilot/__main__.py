@@ -2,12 +2,15 @@
 
 Writes the pilot's CA, the SuperLink certificate and one SuperNode key pair per
 site (see ``docs/pilot.md``). ``site-key`` adds a site's key pair later.
+``site-worker --socket PATH`` runs a site's long-lived worker
+(:mod:`pgsl_flower.pilot.site_worker`; node-config ``site-worker`` = PATH).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pgsl_flower.pilot.credentials import make_credentials, make_site_key
 
@@ -25,9 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     site = commands.add_parser("site-key", help="one more site's SuperNode key pair")
     site.add_argument("--out", required=True)
     site.add_argument("--site", required=True)
+    worker = commands.add_parser("site-worker", help="a site's long-lived process that runs its ClientApp handlers")
+    worker.add_argument("--socket", required=True, help="the Unix socket to serve (node-config 'site-worker')")
     args = parser.parse_args(argv)
     try:
-        if args.command == "credentials":
+        if args.command == "site-worker":
+            from pgsl_flower.pilot.site_worker import serve
+
+            serve(Path(args.socket))
+        elif args.command == "credentials":
             made = make_credentials(args.out, args.sites, args.hosts, args.days)
             print(f"CA certificate (give to every site):   {made.ca_cert}")
             print(f"SuperLink certificate and key:         {made.superlink_cert} {made.superlink_key}")

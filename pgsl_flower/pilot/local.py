@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pgsl_flower.pilot.credentials import make_credentials, make_site_key
+from pgsl_flower.pilot.site_worker import SITE_WORKER_KEY
 
 CONNECTION = "pilot"
 #: What a SuperNode logs once the SuperLink has accepted (authenticated) it.
@@ -130,7 +131,8 @@ class LocalPilot:
     ServerApp and the ClientApp processes inherit): ``"auto"`` shares the cores among the
     ServerApp and the sites (:func:`threads_per_process`), None leaves the environment as it
     is (unset: torch's default, one thread per core in every process); ``env`` can set
-    :data:`THREADS_ENV` itself instead.
+    :data:`THREADS_ENV` itself instead. ``site_workers`` starts a long-lived worker per site
+    beside its SuperNode (:mod:`pgsl_flower.pilot.site_worker`, node-config ``site-worker``).
     """
 
     workdir: Path
@@ -139,6 +141,7 @@ class LocalPilot:
     env: dict[str, str] = field(default_factory=dict)
     task_poll_interval: float | None = DEFAULT_TASK_POLL_INTERVAL
     threads: int | str | None = AUTO_THREADS
+    site_workers: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
@@ -217,6 +220,8 @@ class LocalPilot:
         for site in self.sites:
             self.register(self.certs / f"{site}.pub")
         for partition, site in enumerate(self.sites):
+            if self.site_workers:
+                self.start_worker(site, timeout)
             self.start_site(site, partition)
         self.wait_accepted(list(self.sites), timeout)
 
@@ -250,6 +255,8 @@ class LocalPilot:
             "state-dir": str(self.workdir / "site-state" / site),
             "cache-dir": str(self.workdir / "site-cache" / site),
         }
+        if self.site_workers:
+            node_config[SITE_WORKER_KEY] = str(self.worker_socket(site))
         command = [str(self.bin / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                    "--node-config", config_arg(node_config), "--host", "127.0.0.1", "--port", str(free_port())]
         if tls:
@@ -259,6 +266,22 @@ class LocalPilot:
         if key is not None:
             command += ["--auth-supernode-private-key", str(key)]
         return command + (extra or [])
+
+    def worker_socket(self, site: str) -> Path:
+        return self.workdir / "site-workers" / f"{site}.sock"
+
+    def start_worker(self, site: str, timeout: float) -> None:
+        """The site's worker (``python -m pgsl_flower.pilot site-worker``), once it serves its socket."""
+        name, path = f"worker-{site}", self.worker_socket(site)
+        process = self._spawn(name, [sys.executable, "-m", "pgsl_flower.pilot", "site-worker", "--socket", str(path)],
+                              cwd=self.app_dir)
+        deadline = time.monotonic() + timeout
+        while "serving" not in self.log_text(name):
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{self.log_text(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not serving after {timeout} s:\n{self.log_text(name)[-3000:]}")
+            time.sleep(0.2)
 
     def start_site(self, site: str, partition: int) -> subprocess.Popen:
         return self._spawn(f"supernode-{site}", self.supernode_command(site, partition, self.certs / f"{site}.key"))
