@@ -10,16 +10,18 @@ Per-exchange latency = the round's training seconds / training messages per
 client (clients exchange in parallel; each one's messages are sequential).
 Samples/s = training samples of all clients / training seconds.
 
-Deployment settings (``--deploy``, each ``APP:DTYPE:POLL[:THREADS]``) are compared
-side by side in one command: APP is ``head`` (this checkout) or a path to another
+Deployment settings (``--deploy``, each ``APP:DTYPE:POLL[:THREADS][:inflight=D][:worker]``)
+are compared side by side in one command: APP is ``head`` (this checkout) or a path to another
 checkout of the project (e.g. the main branch: the "before" numbers); DTYPE the
 run-config ``payload-dtype`` (``float32`` or ``float16``; an app without that key
 can only run ``float32``); POLL the SuperExec task poll interval in seconds
 (``LocalPilot(task_poll_interval=...)``) or ``flower`` for Flower's default (1.0 s);
 THREADS the torch threads of every process (``LocalPilot(threads=...)``): a number,
 ``auto`` (the default: the cores shared among the ServerApp and the sites) or
-``torch`` (torch's default, a thread per core in every process). Settings with the
-same POLL and THREADS share one pilot (SuperLink + SuperNodes); all pilots are up
+``torch`` (torch's default, a thread per core in every process); ``inflight=D`` the
+run-config ``messages-in-flight`` (default 1); ``worker`` a long-lived worker per site
+(``LocalPilot(site_workers=True)``, APP ``head`` only). Settings with the same POLL,
+THREADS and ``worker`` share one pilot (SuperLink + SuperNodes); all pilots are up
 for the whole command and the settings take turns for each k.
 
     python benchmarks/deployment.py                 # 3 sites, k = 1 8, 320 images per site
@@ -28,6 +30,8 @@ for the whole command and the settings take turns for each k.
         --deploy /work/main:float32:flower head:float32:flower head:float32:0.1 head:float16:0.1
     python benchmarks/deployment.py --chunks 1 8 32 --per-site 1088 --k1-batches 4 --no-simulation
         --deploy head:float32:0.1:torch head:float32:0.1:auto
+    python benchmarks/deployment.py --chunks 8 32 --per-site 1088 --no-simulation
+        --deploy head:float32:0.1 head:float32:0.1:inflight=2 head:float32:0.1:worker head:float32:0.1:inflight=2:worker
 """
 
 from __future__ import annotations
@@ -52,23 +56,27 @@ from pgsl_flower.simulation import simulate  # noqa: E402
 
 @dataclass(frozen=True)
 class Setting:
-    """One deployment setting: which app, the payload dtype on the wire, the SuperExec poll, the threads."""
+    """One deployment setting: which app, the payload dtype on the wire, the SuperExec poll, the
+    threads, the training messages out to a site at once, and whether sites run a worker."""
 
     app: str  # "head" or a project checkout
     dtype: str  # run-config payload-dtype
     poll: float | None  # None: Flower's default
     threads: int | str | None = AUTO_THREADS  # LocalPilot(threads=...); None: torch's default
+    in_flight: int = 1  # run-config messages-in-flight
+    worker: bool = False  # LocalPilot(site_workers=...)
 
     @property
     def label(self) -> str:
         app = "head" if self.app == "head" else Path(self.app).name
         threads = "torch" if self.threads is None else self.threads
-        return f"{app} {self.dtype} poll={'flower' if self.poll is None else f'{self.poll:g}'} threads={threads}"
+        extras = (f" in-flight={self.in_flight}" if self.in_flight != 1 else "") + (" worker" if self.worker else "")
+        return f"{app} {self.dtype} poll={'flower' if self.poll is None else f'{self.poll:g}'} threads={threads}{extras}"
 
     @property
-    def pilot_key(self) -> tuple[float | None, int | str | None]:
+    def pilot_key(self) -> tuple[float | None, int | str | None, bool]:
         """Settings with the same key share one pilot."""
-        return self.poll, self.threads
+        return self.poll, self.threads, self.worker
 
 
 #: THREADS words of ``--deploy``: ``LocalPilot(threads=...)`` values.
@@ -76,28 +84,37 @@ _THREAD_WORDS: dict[str, str | None] = {AUTO_THREADS: AUTO_THREADS, "torch": Non
 
 
 def parse_setting(text: str) -> Setting:
-    """``APP:DTYPE:POLL[:THREADS]`` (see the module docstring)."""
-    expected = "expected APP:float32|float16:SECONDS|flower[:N|auto|torch]"
+    """``APP:DTYPE:POLL[:OPTION...]`` (see the module docstring)."""
+    expected = "expected APP:float32|float16:SECONDS|flower[:N|auto|torch][:inflight=D][:worker]"
     dtypes = ("float32", "float16")
-    threads: int | str | None = AUTO_THREADS
-    parts = text.rsplit(":", 3)
-    if len(parts) == 4 and parts[1] in dtypes:  # APP:DTYPE:POLL:THREADS
-        *parts, field = parts
-        if field in _THREAD_WORDS:
-            threads = _THREAD_WORDS[field]
-        elif field.isdigit() and int(field) > 0:
-            threads = int(field)
-        else:
-            raise argparse.ArgumentTypeError(f"--deploy {text!r}: THREADS must be a positive number, auto or torch")
-    else:
-        parts = text.rsplit(":", 2)
-    if len(parts) != 3 or parts[1] not in dtypes:
+    dtype_at = -1
+    parts = text.split(":")
+    # APP may hold ':' (a path): DTYPE is the last field that names a dtype
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] in dtypes:
+            dtype_at = index
+            break
+    if dtype_at < 1 or dtype_at + 1 >= len(parts):
         raise argparse.ArgumentTypeError(f"--deploy {text!r}: {expected}")
-    app, dtype, poll = parts
+    app, dtype, poll, options = ":".join(parts[:dtype_at]), parts[dtype_at], parts[dtype_at + 1], parts[dtype_at + 2:]
+    extra: dict = {}
+    for option in options:
+        if option in _THREAD_WORDS:
+            extra["threads"] = _THREAD_WORDS[option]
+        elif option.isdigit() and int(option) > 0:
+            extra["threads"] = int(option)
+        elif option.startswith("inflight=") and option[9:].isdigit() and int(option[9:]) > 0:
+            extra["in_flight"] = int(option[9:])
+        elif option == "worker":
+            extra["worker"] = True
+        else:
+            raise argparse.ArgumentTypeError(f"--deploy {text!r}: option {option!r}: {expected}")
+    if extra.get("worker") and app != "head":
+        raise argparse.ArgumentTypeError(f"--deploy {text!r}: 'worker' runs this checkout's worker: APP must be head")
     if app != "head" and not (Path(app) / "pgsl_flower").is_dir():
         raise argparse.ArgumentTypeError(f"--deploy {text!r}: {app} is not a checkout of this project")
     try:
-        return Setting(app, dtype, None if poll == "flower" else float(poll), threads)
+        return Setting(app, dtype, None if poll == "flower" else float(poll), **extra)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--deploy {text!r}: POLL must be seconds or 'flower'") from None
 
@@ -134,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     base = {"num-rounds": 1, "batch-size": args.batch_size, "local-eval-samples": 0, "bn-recalibration": "off",
             "test-samples": 500, "min-available-clients": args.sites, "reply-timeout": 900.0, "seed": 1}
 
-    def config(k: int, dtype: str) -> dict:
+    def config(k: int, dtype: str, in_flight: int = 1) -> dict:
         cap = {"batches-per-round": args.k1_batches} if k == 1 and args.k1_batches else {}
-        wire = {"payload-dtype": dtype} if dtype != "float32" else {}  # an older app lacks the key
-        return {**base, "batches-per-message": k, **cap, **wire}
+        # an older app lacks these keys: set only when not their defaults
+        wire = {"payload-dtype": dtype} if dtype != "float32" else {}
+        flight = {"messages-in-flight": in_flight} if in_flight != 1 else {}
+        return {**base, "batches-per-message": k, **cap, **wire, **flight}
 
     dtypes = list(dict.fromkeys(s.dtype for s in args.deploy))
     pilot_keys = list(dict.fromkeys(s.pilot_key for s in args.deploy))
@@ -160,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         packaged = {app: copy_app(root, work / f"app-{index}") for index, (app, root) in enumerate(apps.items())}
         with contextlib.ExitStack() as stack:  # one pilot per (poll, threads) setting, all up at once
             pilots = {}
-            for index, (poll, threads) in enumerate(pilot_keys):
-                pilots[poll, threads] = stack.enter_context(LocalPilot(
-                    work / f"pilot-{index}", sites, next(iter(packaged.values())),
-                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, task_poll_interval=poll, threads=threads))
-                pilots[poll, threads].start()
+            for index, key in enumerate(pilot_keys):
+                poll, threads, worker = key
+                pilots[key] = stack.enter_context(LocalPilot(
+                    work / f"pilot-{index}", sites, packaged["head"] if worker else next(iter(packaged.values())),
+                    env={"PGSL_DATA_DIR": str(resolve_data_root())}, task_poll_interval=poll, threads=threads,
+                    site_workers=worker))
+                pilots[key].start()
             # k-major, settings in turn: every setting of one k runs close together in time, so a
             # change in the machine's load (a shared machine) hits them alike
             for k in args.chunks:
@@ -172,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     pilot = pilots[setting.pilot_key]
                     pilot.app_dir = packaged[setting.app]
                     output = work / f"deploy-{len(results)}"
-                    result = pilot.run({**config(k, setting.dtype), "samples-per-client": 0, "output-dir": str(output)})
+                    result = pilot.run({**config(k, setting.dtype, setting.in_flight), "samples-per-client": 0,
+                                        "output-dir": str(output)})
                     if result.status != "finished:completed":
                         print(result.log[-3000:], file=sys.stderr)
                         raise SystemExit(f"deployment run {setting.label} k={k}: {result.status} {result.details}")

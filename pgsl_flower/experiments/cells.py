@@ -55,3 +55,21 @@ def run_cell(
     runs = runs.reindex(columns=list(columns))
     write_text_atomically(path, runs.to_csv(index=False))  # rendered first: a failure touches no file
     return runs
+
+
+def failure_lines(runs: pd.DataFrame, labels: Mapping[str, str]) -> list[str]:
+    """Markdown lines naming each failed cell by ``labels`` (column -> label) and its error;
+    preceded by a blank line, or none when every cell succeeded."""
+    failed = runs[runs.status != "ok"]
+    if not len(failed):
+        return []
+    return [""] + [
+        "- failed: " + " ".join(f"{label}={row[column]}" for column, label in labels.items()) + f": {row['error']}"
+        for _, row in failed.iterrows()
+    ]
+
+
+def percent_mean_std(values: pd.Series) -> str:
+    """``mean ± std`` of fractions, in percent (std 0 for one value)."""
+    percent = values * 100
+    return f"{percent.mean():.2f} ± {percent.std() if len(percent) > 1 else 0.0:.2f}"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from pgsl_flower.experiments.cells import is_done, load_runs, run_cell
+from pgsl_flower.experiments.cells import failure_lines, is_done, load_runs, percent_mean_std, run_cell
 
 CHUNKS = (1, 8, 32)
 SEEDS = (1, 2, 3)
@@ -64,16 +64,12 @@ def report(runs: pd.DataFrame) -> str:
         "|---|---|---|---|---|---|",
     ]
     for k, group in ok.groupby("batches_per_message"):
-        acc = group.final_test_accuracy * 100
-        std = acc.std() if len(acc) > 1 else 0.0
         lines.append(
-            f"| {k} | {acc.mean():.2f} ± {std:.2f} | {len(acc)} | {group.messages_per_client.iloc[0]} "
-            f"| {group.median_round_seconds.median():.1f} | {group.bytes_up_per_client.mean() / 1e6:.1f} |"
+            f"| {k} | {percent_mean_std(group.final_test_accuracy)} | {len(group)} "
+            f"| {group.messages_per_client.iloc[0]} | {group.median_round_seconds.median():.1f} "
+            f"| {group.bytes_up_per_client.mean() / 1e6:.1f} |"
         )
-    failed = runs[runs.status != "ok"]
-    if len(failed):
-        lines.append("")
-        lines += [f"- failed: k={r.batches_per_message} seed={r.seed}: {r.error}" for r in failed.itertuples()]
+    lines += failure_lines(runs, {"batches_per_message": "k", "seed": "seed"})
     return "\n".join(lines) + "\n"
 
 
