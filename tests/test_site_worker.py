@@ -94,7 +94,7 @@ def test_worker_reports_the_handlers_error_and_keeps_serving(worker):
 
 def test_missing_worker_and_a_non_socket_path_are_named(tmp_path):
     path = tmp_path / "nobody.sock"
-    with pytest.raises(SiteWorkerError, match=rf"node-config 'site-worker' = '{path}': no site worker answers there"):
+    with pytest.raises(SiteWorkerError, match=rf"node-config 'site-worker' = '{path}': no answer from a site worker there"):
         forward(str(path), _message("query.info", RecordDict(), "x"), _context({}))
     regular = tmp_path / "data.csv"
     regular.write_text("id,label\n")

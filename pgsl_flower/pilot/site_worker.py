@@ -2,7 +2,7 @@
 
 Flower 1.42 starts a new ``flwr-clientapp`` process for every message. Each one
 would import torch and this package, load the site's data and rebuild the client
-part and its optimizer: seconds of CPU per exchange, measured in
+part and its optimizer: seconds per exchange, measured in
 ``docs/pilot.md``. With node-config ``site-worker`` set to a socket path, the
 ClientApp Flower starts (:mod:`pgsl_flower.site_app`) imports neither: it hands
 the message and the node's ``Context`` to this worker over a Unix socket and
@@ -78,9 +78,9 @@ def forward(path: str, message: Message, context: Context, timeout: float | None
             conn.connect(path)
             _send(conn, (message, context))
             status, payload, state = _receive(conn, where)
-    except OSError as err:
+    except OSError as err:  # not there, refused, or no answer within ``timeout``
         raise SiteWorkerError(
-            f"{where}: no site worker answers there ({err}); start it with "
+            f"{where}: no answer from a site worker there ({err}); is it running? Start it with "
             f"'python -m pgsl_flower.pilot site-worker --socket {path}'"
         ) from err
     if status != "ok":
