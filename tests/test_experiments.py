@@ -142,3 +142,17 @@ def test_federated_mias_fold_reports_medical_metrics(tmp_path):
     assert len(per_class) == 6 and per_class.support.sum() == 2 * len(test)
     confusion = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
     assert confusion.to_numpy().sum() == len(test)
+
+
+def test_cell_report_helpers_name_failed_cells_and_summarise_seeds():
+    from pgsl_flower.experiments.cells import failure_lines, percent_mean_std
+
+    runs = pd.DataFrame([
+        {"messages_in_flight": 1, "seed": 1, "status": "ok", "error": None},
+        {"messages_in_flight": 2, "seed": 3, "status": "failed", "error": "RuntimeError: site-b dropped"},
+    ])
+    assert failure_lines(runs, {"messages_in_flight": "d", "seed": "seed"}) == [
+        "", "- failed: d=2 seed=3: RuntimeError: site-b dropped"]
+    assert failure_lines(runs[runs.status == "ok"], {"seed": "seed"}) == []
+    assert percent_mean_std(pd.Series([0.9, 0.95])) == "92.50 ± 3.54"
+    assert percent_mean_std(pd.Series([0.9])) == "90.00 ± 0.00"

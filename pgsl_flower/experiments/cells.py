@@ -9,6 +9,7 @@ rename), so an interruption, even mid-write, loses at most the cell in progress.
 
 from __future__ import annotations
 
+import argparse
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -73,3 +74,15 @@ def percent_mean_std(values: pd.Series) -> str:
     """``mean ± std`` of fractions, in percent (std 0 for one value)."""
     percent = values * 100
     return f"{percent.mean():.2f} ± {percent.std() if len(percent) > 1 else 0.0:.2f}"
+
+
+def experiment_parser(name: str, doc: str | None, seeds: Sequence[int]) -> argparse.ArgumentParser:
+    """The options every cell experiment takes: ``--out`` (default ``results/<name>``), ``--runs-dir``
+    (``outputs/<name>``), ``--seeds`` and ``--report-only``."""
+    parser = argparse.ArgumentParser(prog=f"python -m pgsl_flower.experiments.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results") / name)
+    parser.add_argument("--runs-dir", type=Path, default=Path("outputs") / name)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--report-only", action="store_true")
+    return parser

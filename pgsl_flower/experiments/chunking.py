@@ -13,7 +13,6 @@ gradients that are stale by up to k - 1 of its own steps (see
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from pgsl_flower.experiments.cells import failure_lines, is_done, load_runs, percent_mean_std, run_cell
+from pgsl_flower.experiments.cells import experiment_parser, failure_lines, is_done, load_runs, percent_mean_std, run_cell
 
 CHUNKS = (1, 8, 32)
 SEEDS = (1, 2, 3)
@@ -74,13 +73,8 @@ def report(runs: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgsl_flower.experiments.chunking", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/chunking"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("outputs/chunking"))
+    parser = experiment_parser("chunking", __doc__, SEEDS)
     parser.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     path = args.out / "runs.csv"
     runs = load_runs(path, COLUMNS)

@@ -16,7 +16,6 @@ retried next time.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from pgsl_flower.experiments.cells import failure_lines, is_done, load_runs, percent_mean_std, run_cell
+from pgsl_flower.experiments.cells import experiment_parser, failure_lines, is_done, load_runs, percent_mean_std, run_cell
 
 DEPTHS = (1, 2)
 SEEDS = (1, 2, 3)
@@ -79,13 +78,8 @@ def report(runs: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgsl_flower.experiments.in_flight", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/in_flight"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("outputs/in_flight"))
+    parser = experiment_parser("in_flight", __doc__, SEEDS)
     parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     path = args.out / "runs.csv"
     runs = load_runs(path, COLUMNS)
