@@ -349,7 +349,8 @@ class SplitTrainer:
         depth = self.cfg.messages_in_flight
         requested = dict.fromkeys(nodes, 0)  # batches asked for so far
         sent = dict.fromkeys(nodes, 0)  # messages sent so far
-        expected: dict[int, deque[int]] = {node: deque() for node in nodes}  # per request out: batches asked
+        # per request out: the batches it asks for; None for the closing request (the weights)
+        expected: dict[int, deque[int | None]] = {node: deque() for node in nodes}
         held: dict[int, list[torch.Tensor]] = {node: [] for node in nodes}  # gradients not sent yet
 
         def request(node: int) -> tuple[int, RecordDict]:
@@ -364,7 +365,7 @@ class SplitTrainer:
             requested[node] += forward
             sent[node] += 1
             held[node] = []
-            expected[node].append(-1 if closing else forward)
+            expected[node].append(None if closing else forward)
             return node, content
 
         # Round robin: a node goes back to the end of the queue after each message.
@@ -375,7 +376,7 @@ class SplitTrainer:
             count = expected[node].popleft()
             if node in stats.failed:
                 continue  # an earlier message of this node failed: the rest of its replies are void
-            if count < 0:
+            if count is None:
                 done[node] = reply  # the closing reply, with the client's weights
                 continue
             grads = self._server_steps(node, reply, count, stats)

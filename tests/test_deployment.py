@@ -30,6 +30,15 @@ SITES = ("site-a", "site-b", "site-c")
 PER_SITE = 160  # 16 held out, 144 train: 4 batches of 32, one message with batches-per-message = 4
 
 
+def _site_folders(tmp_path: Path) -> dict[str, Path]:
+    """PER_SITE consecutive MNIST training images per site, one folder each."""
+    train, _ = load_dataset("mnist", None)
+    return {
+        name: write_site_folder(train, range(k * PER_SITE, (k + 1) * PER_SITE), tmp_path / "data" / name)
+        for k, name in enumerate(SITES)
+    }
+
+
 def _kill_when_round_done(pilot: LocalPilot, output_dir: Path, site: str, round_num: int, killed: list) -> None:
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -43,11 +52,7 @@ def _kill_when_round_done(pilot: LocalPilot, output_dir: Path, site: str, round_
 
 @pytest.mark.slow
 def test_pilot_with_tls_and_auth_survives_a_lost_site(tmp_path):
-    train, _ = load_dataset("mnist", None)
-    sites = {
-        name: write_site_folder(train, range(k * PER_SITE, (k + 1) * PER_SITE), tmp_path / "data" / name)
-        for k, name in enumerate(SITES)
-    }
+    sites = _site_folders(tmp_path)
     output_dir = tmp_path / "server-outputs"
     pilot = LocalPilot(tmp_path / "pilot", sites, copy_app(ROOT, tmp_path / "app"),
                        env={"PGSL_DATA_DIR": str(resolve_data_root())})  # threads: "auto"
@@ -133,11 +138,7 @@ def test_pilot_with_site_workers_and_two_messages_in_flight(tmp_path):
     """Each site runs a long-lived worker (node-config 'site-worker') that handles every
     message its SuperNode gets, and the server keeps two training messages out to each site
     (run-config 'messages-in-flight' = 2). Two rounds complete and learn."""
-    train, _ = load_dataset("mnist", None)
-    sites = {
-        name: write_site_folder(train, range(k * PER_SITE, (k + 1) * PER_SITE), tmp_path / "data" / name)
-        for k, name in enumerate(SITES)
-    }
+    sites = _site_folders(tmp_path)
     output_dir = tmp_path / "server-outputs"
     with LocalPilot(tmp_path / "pilot", sites, copy_app(ROOT, tmp_path / "app"),
                     env={"PGSL_DATA_DIR": str(resolve_data_root())}, site_workers=True) as pilot:

@@ -273,29 +273,27 @@ class LocalPilot:
     def start_worker(self, site: str, timeout: float) -> None:
         """The site's worker (``python -m pgsl_flower.pilot site-worker``), once it serves its socket."""
         name, path = f"worker-{site}", self.worker_socket(site)
-        process = self._spawn(name, [sys.executable, "-m", "pgsl_flower.pilot", "site-worker", "--socket", str(path)],
-                              cwd=self.app_dir)
-        deadline = time.monotonic() + timeout
-        while "serving" not in self.log_text(name):
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{self.log_text(name)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} not serving after {timeout} s:\n{self.log_text(name)[-3000:]}")
-            time.sleep(0.2)
+        self._spawn(name, [sys.executable, "-m", "pgsl_flower.pilot", "site-worker", "--socket", str(path)],
+                    cwd=self.app_dir)
+        self._wait_logged(name, "serving", "serving", timeout, time.monotonic() + timeout)
 
     def start_site(self, site: str, partition: int) -> subprocess.Popen:
         return self._spawn(f"supernode-{site}", self.supernode_command(site, partition, self.certs / f"{site}.key"))
 
+    def _wait_logged(self, name: str, marker: str, what: str, timeout: float, deadline: float) -> None:
+        """Wait until process ``name`` logs ``marker``; raise with its log tail if it exits or
+        ``deadline`` (monotonic) passes first."""
+        while marker not in self.log_text(name):
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{self.log_text(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not {what} after {timeout} s:\n{self.log_text(name)[-3000:]}")
+            time.sleep(0.2)
+
     def wait_accepted(self, sites: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for site in sites:
-            name = f"supernode-{site}"
-            while _ACCEPTED not in self.log_text(name):
-                if self.processes[name].poll() is not None:
-                    raise RuntimeError(f"{name} exited:\n{self.log_text(name)[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not accepted after {timeout} s:\n{self.log_text(name)[-3000:]}")
-                time.sleep(0.3)
+            self._wait_logged(f"supernode-{site}", _ACCEPTED, "accepted", timeout, deadline)
 
     def try_rogue_supernode(self, name: str, tls: bool, timeout: float = 60) -> tuple[int | None, str]:
         """Start a SuperNode that should be refused (unregistered key, or no TLS); returns

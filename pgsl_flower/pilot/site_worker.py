@@ -45,7 +45,8 @@ class SiteWorkerError(RuntimeError):
 
 def _send(conn: socket.socket, payload: Any) -> None:
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.sendall(_HEADER.pack(len(data)) + data)
+    conn.sendall(_HEADER.pack(len(data)))
+    conn.sendall(data)  # not concatenated: a training message is megabytes
 
 
 def _receive(conn: socket.socket, where: str) -> Any:
@@ -56,7 +57,7 @@ def _receive(conn: socket.socket, where: str) -> Any:
     return pickle.loads(_read_exactly(conn, size, where))  # noqa: S301 -- same user only, see the module docstring
 
 
-def _read_exactly(conn: socket.socket, size: int, where: str) -> bytes:
+def _read_exactly(conn: socket.socket, size: int, where: str) -> bytearray:
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
@@ -64,7 +65,7 @@ def _read_exactly(conn: socket.socket, size: int, where: str) -> bytes:
         if chunk == 0:
             raise SiteWorkerError(f"{where}: connection closed after {got} of {size} bytes")
         got += chunk
-    return bytes(buffer)
+    return buffer
 
 
 def forward(path: str, message: Message, context: Context, timeout: float | None = None) -> Message:
